@@ -1,0 +1,1 @@
+"""Data: HLLM CSV readers, item text tokenisation, dataset statistics, a synthetic dataset."""

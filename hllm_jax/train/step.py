@@ -1,0 +1,117 @@
+"""The fused train step: item encoding, user model, InfoNCE, gradient and AdamW in one jit.
+
+Sharded with ``jax.jit`` + ``NamedSharding``: parameters and optimiser state by the logical-axis
+rules, the batch over the batch axes (``data``, ``fsdp``). Activations are constrained inside
+the model through ``hllm_jax.sharding.constrain``; XLA inserts the collectives (the shared
+negatives are gathered from every device's items).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from hllm_jax import sharding
+from hllm_jax.batch import TRAIN_AXES, TrainBatch
+from hllm_jax.models.hllm import project_logit_scale
+from hllm_jax.train.state import TrainState
+
+
+def loss_fn(graphdef, params, batch: TrainBatch):
+    """Scalar loss and (metrics, outputs) of the model ``graphdef`` at ``params``."""
+    model = nnx.merge(graphdef, params)
+    loss, metrics, outputs = model(batch)
+    return loss, (metrics, outputs)
+
+
+def train_step(graphdef, tx: optax.GradientTransformation, state: TrainState, batch: TrainBatch,
+               mesh=None, rules=sharding.DEFAULT_RULES):
+    """One update. The logit scale is projected to [0, ln 100] before the forward (reference)."""
+    with sharding.use_rules(mesh, rules):
+        params = project_logit_scale(state.params)
+        grad_fn = jax.value_and_grad(lambda p: loss_fn(graphdef, p, batch), has_aux=True)
+        (loss, (metrics, _)), grads = grad_fn(params)
+        updates, opt_state = tx.update(grads, state.opt_state, params)
+        params = optax.apply_updates(params, updates)
+    metrics = dict(metrics, loss=loss)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+@dataclasses.dataclass
+class StepFns:
+    """Jitted functions for one model and mesh, plus the shardings they were built with."""
+    train: Callable
+    state_sharding: TrainState
+    batch_sharding: TrainBatch | None
+    mesh: object
+
+    def put_state(self, state: TrainState) -> TrainState:
+        return jax.device_put(state, self.state_sharding)
+
+    def put_batch(self, batch: TrainBatch) -> TrainBatch:
+        if self.batch_sharding is None:
+            return jax.tree.map(jnp.asarray, batch)
+        return jax.device_put(batch, self.batch_sharding)
+
+
+def state_shardings(state: TrainState, param_axes: dict, mesh, rules) -> TrainState:
+    """Shardings of a TrainState: params and every params-shaped optimiser leaf by the rules."""
+    p_sh = sharding.tree_shardings(param_axes, state.params, mesh, rules)
+    repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    flat_p, p_def = jax.tree.flatten(p_sh)
+
+    def opt_leaf_shardings(sub):
+        # optax keeps params-shaped subtrees (mu, nu) and scalars (count).
+        try:
+            if jax.tree.structure(sub) == p_def:
+                return p_sh
+        except Exception:
+            pass
+        return None
+
+    def walk(node):
+        s = opt_leaf_shardings(node)
+        if s is not None:
+            return s
+        if isinstance(node, (jax.Array, jax.ShapeDtypeStruct)) or hasattr(node, "shape"):
+            return repl
+        if isinstance(node, tuple) and hasattr(node, "_fields"):
+            return type(node)(*[walk(c) for c in node])
+        if isinstance(node, (tuple, list)):
+            return type(node)(walk(c) for c in node)
+        if isinstance(node, dict):
+            return {k: walk(v) for k, v in node.items()}
+        if node is None:
+            return None
+        raise TypeError(f"unexpected optimiser-state node {type(node)}")
+
+    return TrainState(step=repl, params=p_sh, opt_state=walk(state.opt_state))
+
+
+def batch_shardings(batch: TrainBatch, mesh, rules) -> TrainBatch:
+    def one(axes, x):
+        return jax.sharding.NamedSharding(
+            mesh, sharding.logical_to_spec(axes, rules, mesh, x.shape, what="batch"))
+    return jax.tree.map(one, TRAIN_AXES, batch, is_leaf=lambda a: isinstance(a, tuple))
+
+
+def build_train_step(graphdef, tx, state: TrainState, param_axes: dict, batch: TrainBatch,
+                     mesh=None, rules=sharding.DEFAULT_RULES, donate: bool = True) -> StepFns:
+    """Jit ``train_step`` for this model; with a mesh, with explicit in/out shardings.
+
+    ``state`` and ``batch`` may be arrays or ShapeDtypeStructs (only shapes are used).
+    """
+    fn = lambda s, b: train_step(graphdef, tx, s, b, mesh, rules)
+    if mesh is None:
+        return StepFns(jax.jit(fn, donate_argnums=(0,) if donate else ()), None, None, None)
+    s_sh = state_shardings(state, param_axes, mesh, rules)
+    b_sh = batch_shardings(batch, mesh, rules)
+    repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    jitted = jax.jit(fn, in_shardings=(s_sh, b_sh), out_shardings=(s_sh, repl),
+                     donate_argnums=(0,) if donate else ())
+    return StepFns(jitted, s_sh, b_sh, mesh)
