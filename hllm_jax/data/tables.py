@@ -269,13 +269,15 @@ def _pandas_cells(cells: list[str]) -> tuple[str, list]:
     """Type a column like pandas.read_csv: ('int'|'float'|'bool'|'object', values; None = NA)."""
     vals = [None if c in NA_STRINGS else c for c in cells]
     present = [v for v in vals if v is not None]
-    if present and all(_INT_RE.match(v) for v in present):
+    if not present:
+        return "float", vals  # an all-NaN column is float64
+    if all(_INT_RE.match(v) for v in present):
         if len(present) == len(vals):
             return "int", [int(v) for v in vals]
         return "float", [None if v is None else float(v) for v in vals]
-    if present and all(_FLOAT_RE.match(v) for v in present):
+    if all(_FLOAT_RE.match(v) for v in present):
         return "float", [None if v is None else float(v) for v in vals]
-    if present and all(v in _TRUE or v in _FALSE for v in present):
+    if all(v in _TRUE or v in _FALSE for v in present):
         return "bool", [None if v is None else v in _TRUE for v in vals]
     return "object", vals
 
