@@ -156,7 +156,7 @@ def _np(tree):
 
 
 def run(case_dir, *, dtype: str = "float32", attention: str = "dense", row_len: int = 0,
-        tol_scale: float = 1.0, emit=None):
+        tol_scale: float = 1.0, train_steps: bool = True, emit=None):
     """Run every comparison; returns the list of result records."""
     case = load_case(case_dir)
     meta = case.meta
@@ -223,7 +223,7 @@ def run(case_dir, *, dtype: str = "float32", attention: str = "dense", row_len: 
             continue
         rec(f"grad/{k}", compare(our_grads[k].reshape(ref_grads[k].shape), ref_grads[k]), t)
 
-    steps = int(meta["train"].get("steps", 0))
+    steps = int(meta["train"].get("steps", 0)) if train_steps else 0
     if steps:
         c = meta["config"]
         tx = state_lib.make_optimizer(float(c["optim_args"]["learning_rate"]), steps,

@@ -103,11 +103,15 @@ def from_reference(state_dict: Mapping[str, np.ndarray], like: Mapping, source: 
                 unexpected.append(k)
                 continue
             ours, kind = _LAYER_KEYS[suffix]
+            want = tuple(np.shape(like[llm]["layers"][ours])[1:])
             heads, hd = _heads(like, llm, ours) if kind in ("q", "kv", "o") else (0, 0)
             try:
                 v = _to_ours(kind, w, heads, hd)
             except ValueError:
-                errors.append(f"{k}: shape {w.shape} cannot be reshaped to {heads} heads x {hd}")
+                v = None
+            if v is None or tuple(v.shape) != want:
+                errors.append(f"{k}: shape {tuple(w.shape)} does not match the model "
+                              f"(expects {tuple(_to_ref(kind, np.zeros(want)).shape)})")
                 continue
             layers.setdefault((llm, ours), {})[idx] = v
         elif k == "item_llm.model.embed_tokens.weight":

@@ -104,7 +104,8 @@ class HLLM(nnx.Module):
         user = self.encode_users(seq[:, :-1], batch.seq_mask)
         return dict(item_emb=emb, user=user, targets=seq[:, 1:], negatives=negs)
 
-    def __call__(self, batch: TrainBatch):
+    def __call__(self, batch: TrainBatch, rng=None):
+        """(loss, metrics, outputs). ``rng`` is accepted for models with dropout; HLLM has none."""
         out = self.forward(batch)
         loss, metrics, logits = info_nce(out["user"], out["targets"], out["negatives"], batch.seq_mask,
                                          self.scale(), threshold=self.cfg.nce_threshold)
@@ -113,4 +114,6 @@ class HLLM(nnx.Module):
 
 def project_logit_scale(params: dict) -> dict:
     """Clamp the logit-scale parameter to [0, ln 100], as the reference does before each forward."""
+    if "logit_scale" not in params:
+        return params
     return dict(params, logit_scale=jnp.clip(params["logit_scale"], 0.0, LOGIT_SCALE_MAX))

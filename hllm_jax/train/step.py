@@ -22,19 +22,27 @@ from hllm_jax.models.hllm import project_logit_scale
 from hllm_jax.train.state import TrainState
 
 
-def loss_fn(graphdef, params, batch: TrainBatch):
-    """Scalar loss and (metrics, outputs) of the model ``graphdef`` at ``params``."""
+def loss_fn(graphdef, params, batch: TrainBatch, rng=None):
+    """Scalar loss and (metrics, outputs) of the model ``graphdef`` at ``params``.
+
+    Every model (HLLM, the ID baselines) is called as ``model(batch, rng=...)`` and returns
+    ``(loss, metrics, outputs)``; ``rng`` feeds dropout where a model has it.
+    """
     model = nnx.merge(graphdef, params)
-    loss, metrics, outputs = model(batch)
+    loss, metrics, outputs = model(batch, rng=rng)
     return loss, (metrics, outputs)
 
 
 def train_step(graphdef, tx: optax.GradientTransformation, state: TrainState, batch: TrainBatch,
-               mesh=None, rules=sharding.DEFAULT_RULES):
-    """One update. The logit scale is projected to [0, ln 100] before the forward (reference)."""
+               mesh=None, rules=sharding.DEFAULT_RULES, seed: int = 0):
+    """One update. The logit scale is projected to [0, ln 100] before the forward (reference).
+
+    The dropout key is ``fold_in(PRNGKey(seed), step)``: a pure function of (seed, step).
+    """
     with sharding.use_rules(mesh, rules):
         params = project_logit_scale(state.params)
-        grad_fn = jax.value_and_grad(lambda p: loss_fn(graphdef, p, batch), has_aux=True)
+        rng = jax.random.fold_in(jax.random.PRNGKey(seed), state.step)
+        grad_fn = jax.value_and_grad(lambda p: loss_fn(graphdef, p, batch, rng), has_aux=True)
         (loss, (metrics, _)), grads = grad_fn(params)
         updates, opt_state = tx.update(grads, state.opt_state, params)
         params = optax.apply_updates(params, updates)
@@ -101,12 +109,12 @@ def batch_shardings(batch: TrainBatch, mesh, rules) -> TrainBatch:
 
 
 def build_train_step(graphdef, tx, state: TrainState, param_axes: dict, batch: TrainBatch,
-                     mesh=None, rules=sharding.DEFAULT_RULES, donate: bool = True) -> StepFns:
+                     mesh=None, rules=sharding.DEFAULT_RULES, donate: bool = True, seed: int = 0) -> StepFns:
     """Jit ``train_step`` for this model; with a mesh, with explicit in/out shardings.
 
     ``state`` and ``batch`` may be arrays or ShapeDtypeStructs (only shapes are used).
     """
-    fn = lambda s, b: train_step(graphdef, tx, s, b, mesh, rules)
+    fn = lambda s, b: train_step(graphdef, tx, s, b, mesh, rules, seed)
     if mesh is None:
         return StepFns(jax.jit(fn, donate_argnums=(0,) if donate else ()), None, None, None)
     s_sh = state_shardings(state, param_axes, mesh, rules)
