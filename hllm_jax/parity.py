@@ -8,7 +8,9 @@ exit status 1 when any quantity is outside its tolerance.
 
 Error (the case README's definition): ``err = max|a - b| / max(max|b|, atol)``, atol = 1e-6;
 infinities must sit at the same positions with the same sign and are left out; any NaN fails.
-Tolerances: 1e-4 for tensors, 1e-5 relative for scalar losses, exact for counts and accuracies.
+Tolerances: 1e-4 for tensors, 1e-5 relative for scalar losses, exact for counts and accuracies
+(Recall@K as hit counts); NDCG@K from the golden item features within 1e-12 relative (identical
+ranks; the float64 mean over users differs from the reference's only in summation order).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from hllm_jax.train.step import build_train_step, loss_fn
 ATOL = 1e-6
 TOL_TENSOR = 1e-4
 TOL_SCALAR = 1e-5
+TOL_METRIC = 1e-12  # NDCG means (float64) from identical ranks: summation order only
 BATCH_KEYS = ("pos_item_ids", "neg_item_ids", "pos_input_ids", "pos_cu_input_lens", "pos_position_ids",
               "neg_input_ids", "neg_cu_input_lens", "neg_position_ids", "attention_mask")
 
@@ -250,7 +253,44 @@ def run(case_dir, *, dtype: str = "float32", attention: str = "dense", row_len: 
             if k in REFERENCE_ONLY:
                 continue
             rec(f"after_steps/{k}", compare(ours[k].reshape(after[k].shape), after[k]), t)
+    if "eval" in meta and "eval/item_feature" in case.arrays:
+        _eval_parity(case, cfg, rec, exact, t, row_len)
     return records
+
+
+def _eval_parity(case: Case, cfg: HLLMConfig, rec, exact, tol, row_len):
+    """Full-ranking metrics from the golden item features (exact) and our catalogue pass."""
+    from hllm_jax.data import tables, text
+    from hllm_jax.eval import ranking
+    meta, c = case.meta, case.meta["config"]
+    data_dir, tok_dir = case.path / "dataset", case.path / "tokenizer"
+    if not data_dir.is_dir() or not tok_dir.is_dir():
+        raise CaseError(f"{case.path}: eval metrics need dataset/ and tokenizer/ beside case.json")
+    ds = tables.load_dir(data_dir, text_keys=c["text_keys"])
+    want_ids = case.arrays.get("eval/item_token_ids")
+    if want_ids is not None and not np.array_equal(ds.item_ids[1:], want_ids[1:]):
+        raise CaseError(f"{data_dir}: dense item ids differ from eval/item_token_ids")
+    graphdef, like, _ = state_lib.abstract_model(cfg)
+    params, _ = from_reference(case.tree("after_steps/"), like, source="after_steps/")
+    params = project_logit_scale(params)
+    golden = case.arrays["eval/item_feature"]
+    ranker = ranking.Ranker(graphdef)
+    L = int(c["MAX_TEXT_LENGTH"])
+    cat = text.build_catalogue(ds, tok_dir, L, text_keys=c["text_keys"], prompt=c["item_prompt"])
+    packed = ranking.pack_catalogue(cat.token_lists(range(cat.num_items)), items_per_batch=64,
+                                    row_len=row_len, item_slot=cfg.item_emb_token_n == 1, max_text_len=L)
+    ours = np.asarray(ranker.item_features(params, packed))
+    rec("eval/item_feature", compare(ours, golden), tol)
+    max_len = int(c.get("MAX_ITEM_LIST_LENGTH_TEST") or c["MAX_ITEM_LIST_LENGTH"])
+    for phase in ("valid", "test"):
+        split = tables.eval_split(ds, phase, max_len)
+        got = ranking.evaluate_split(ranker, params, jnp.asarray(golden), split, ds.seq_items,
+                                     ks=tuple(c.get("topk", (5, 10, 50, 200))), batch_size=16)
+        for k, v in meta["eval"][phase].items():
+            if k.startswith("recall@"):      # hit counts: exact
+                exact(f"eval/{phase}/{k}", round(got[k] * got["users"]), round(v * got["users"]))
+            elif "@" in k:                   # same ranks; float64 means differ only by summation order
+                rec(f"eval/{phase}/{k}", abs(got[k] - v) / max(abs(v), ATOL), TOL_METRIC, ours=got[k], ref=v)
 
 
 def main(argv=None):
