@@ -46,8 +46,13 @@ def train_step(graphdef, tx: optax.GradientTransformation, state: TrainState, ba
         (loss, (metrics, _)), grads = grad_fn(params)
         updates, opt_state = tx.update(grads, state.opt_state, params)
         params = optax.apply_updates(params, updates)
-    metrics = dict(metrics, loss=loss)
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        # A non-finite loss leaves the state untouched (the loop then saves it and stops), so the
+        # state before the bad step is never lost.
+        ok = jnp.isfinite(loss)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+        params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+    metrics = dict(metrics, loss=loss, finite=ok)
+    return TrainState(step=state.step + ok.astype(state.step.dtype), params=params, opt_state=opt_state), metrics
 
 
 @dataclasses.dataclass

@@ -1,0 +1,47 @@
+"""Shared config pieces: the default run config that every experiment config starts from."""
+
+import ml_collections
+
+PROMPT = "Compress the following sentence into embedding: "
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+    """big_vision style ``key=value,flag`` argument: ``hllm.py:item=cpu-1m,runlocal``."""
+    out = dict(defaults)
+    for part in (arg or "").split(","):
+        if not part:
+            continue
+        if "=" in part:
+            k, v = part.split("=", 1)
+        else:
+            k, v = part, "True"
+        if k not in defaults:
+            raise ValueError(f"unknown config argument {k!r}; known: {', '.join(sorted(defaults))}")
+        kind = type(defaults[k])
+        out[k] = (v.lower() in ("1", "true", "yes")) if kind is bool else kind(v)
+    return ml_collections.ConfigDict(out)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.data = dict(dir="", tokenizer="", text_keys=(), prompt=PROMPT, max_text_len=32, max_seq_len=10,
+                  sample_mode="chunks", cache_dir="", prefetch_threads=1, synthetic_vocab=1000)
+    # Built-in synthetic dataset (used when data.dir is empty).
+    c.synthetic = dict(num_users=600, num_items=400, num_topics=8, seed=0)
+    c.model = dict(name="hllm", item_size="ref64", user_size="ref64", item_emb_token_n=1, dtype="float32",
+                   remat="none", attention="dense", nce_threshold=0.99, item_overrides={}, user_overrides={},
+                   # ID baselines (model.name = sasrec / hstu)
+                   hidden=64, layers=2, heads=2, dropout=0.1, temperature="learnable", id_options={})
+    c.batch = dict(batch_size=16, num_negatives=0, negative_sampling="uniform", row_len=132, item_rows=0,
+                   max_unique_items=0)
+    c.optim = dict(lr=1e-3, weight_decay=0.01, warmup=0.1)
+    c.train = dict(epochs=6, steps=0)
+    c.eval = dict(every_steps=0, patience=0, items_per_batch=512, users_per_batch=256, max_seq_len=0)
+    c.checkpoint = dict(every_steps=0, keep=2, async_save=True)
+    c.mesh_shape = (-1, 1, 1)
+    c.logical_axis_rules = ()
+    c.log_every = 50
+    c.progress = True
+    c.tensorboard = True
+    return c
