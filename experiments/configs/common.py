@@ -39,7 +39,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train = dict(epochs=6, steps=0)
     c.eval = dict(every_steps=0, patience=0, items_per_batch=512, users_per_batch=256, max_seq_len=0)
     c.checkpoint = dict(every_steps=0, keep=2, async_save=True)
-    c.mesh_shape = (-1, 1, 1)
+    c.mesh_shape = (-1, 1, 1)  # (data, fsdp, tensor); -1 = the rest of the devices
+    c.mesh_devices = 0  # 0 = all devices; N = the first N
     c.logical_axis_rules = ()
     c.log_every = 50
     c.progress = True

@@ -83,10 +83,16 @@ class Run:
         self.data = setup.load_data(config)
         self.model_cfg = setup.model_config(config, self.data.vocab, self.data.dataset.num_items)
         n_tok = getattr(self.model_cfg, "item_emb_token_n", 1)
+        n_dev = int(config.get("mesh_devices") or 0)
+        self.mesh = sharding.make_mesh(tuple(config.mesh_shape), jax.devices()[:n_dev] if n_dev else None)
         self.batch_cfg = setup.batch_config(config, n_tok)
+        # Static capacities (rows, unique items) must divide over the batch-sharded devices.
+        shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        rows, uniq = BatchBuilder(self.data.samples, self.data.catalogue, self.batch_cfg).capacities()
+        up = lambda x: -(-x // shards) * shards
+        self.batch_cfg = dataclasses.replace(self.batch_cfg, item_rows=up(rows), max_unique_items=up(uniq))
         self.builder = BatchBuilder(self.data.samples, self.data.catalogue, self.batch_cfg)
         self.total_steps, self.steps_per_epoch = setup.total_steps(config, self.builder)
-        self.mesh = sharding.make_mesh(tuple(config.mesh_shape))
         self.rules = [tuple(r) for r in config.logical_axis_rules] if config.get("logical_axis_rules") \
             else sharding.DEFAULT_RULES
         o = config.optim
