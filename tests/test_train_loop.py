@@ -55,7 +55,7 @@ def _final_params(workdir, config):
 def test_two_step_train_and_eval_on_tiny_fixture(tmp_path):
     c = small_config(tmp_path, **{"data.dir": str(TINY), "data.tokenizer": str(BEAUTY_TOK),
                                   "data.text_keys": ("title",), "train.steps": 2, "eval.every_steps": 2,
-                                  "mesh_shape": (-1, 1, 1)})
+                                  "mesh_shape": (-1, 1, 1), "mesh_devices": 0, "tensorboard": True})
     out = train_and_evaluate(c, tmp_path / "w")
     assert out["status"] == "completed" and out["step"] == 2
     m = json.loads((tmp_path / "w" / "metrics.json").read_text())
@@ -67,6 +67,12 @@ def test_two_step_train_and_eval_on_tiny_fixture(tmp_path):
     assert kinds.count("train") == 2 and "eval" in kinds and kinds[-1] == "test"
     train = [l for l in lines if l["kind"] == "train"]
     assert all(l["tflops_per_device"] > 0 and l["tokens_per_second_per_device"] > 0 for l in train)
+    assert list((tmp_path / "w" / "tensorboard").glob("events.out.tfevents.*"))
+    # Re-evaluating the saved run reproduces its test metrics.
+    from experiments.evaluate import evaluate
+    again = evaluate(tmp_path / "w", "test")
+    assert again["step"] == m["best"]["step"]
+    assert json.dumps({k: again[k] for k in m["test"]}) == json.dumps(m["test"])
 
 
 def _sigterm_when_logged(workdir, step):

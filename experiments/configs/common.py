@@ -30,11 +30,12 @@ def base_config() -> ml_collections.ConfigDict:
     # Built-in synthetic dataset (used when data.dir is empty).
     c.synthetic = dict(num_users=600, num_items=400, num_topics=8, seed=0)
     c.model = dict(name="hllm", item_size="ref64", user_size="ref64", item_emb_token_n=1, dtype="float32",
-                   remat="none", attention="dense", nce_threshold=0.99, item_overrides={}, user_overrides={},
+                   remat="none", attention="local", nce_threshold=0.99, item_overrides={}, user_overrides={},
                    # ID baselines (model.name = sasrec / hstu)
                    hidden=64, layers=2, heads=2, dropout=0.1, temperature="learnable", id_options={})
+    # item_rows / max_unique_items: 0 = measured over capacity_probe_steps steps (+ capacity_margin).
     c.batch = dict(batch_size=16, num_negatives=0, negative_sampling="uniform", row_len=132, item_rows=0,
-                   max_unique_items=0)
+                   max_unique_items=0, capacity_probe_steps=200, capacity_margin=0.1)
     c.optim = dict(lr=1e-3, weight_decay=0.01, warmup=0.1)
     c.train = dict(epochs=6, steps=0)
     c.eval = dict(every_steps=0, patience=0, items_per_batch=512, users_per_batch=256, max_seq_len=0)

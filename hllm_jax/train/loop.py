@@ -25,7 +25,7 @@ import numpy as np
 
 from hllm_jax import flops as flops_lib
 from hllm_jax import sharding
-from hllm_jax.data.batches import BatchBuilder
+from hllm_jax.data.batches import BatchBuilder, suggest_capacities
 from hllm_jax.data.pipeline import make_train_iterator, to_global
 from hllm_jax.eval import ranking
 from hllm_jax.models.hllm import HLLMConfig, project_logit_scale
@@ -86,8 +86,18 @@ class Run:
         n_dev = int(config.get("mesh_devices") or 0)
         self.mesh = sharding.make_mesh(tuple(config.mesh_shape), jax.devices()[:n_dev] if n_dev else None)
         self.batch_cfg = setup.batch_config(config, n_tok)
-        # Static capacities (rows, unique items) must divide over the batch-sharded devices.
+        # Static capacities (rows, unique items): from the config, else measured over the first
+        # ``batch.capacity_probe_steps`` steps plus a margin (a later overflow is an error naming the
+        # setting). They must divide over the batch-sharded devices.
         shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        probe = int(config.batch.get("capacity_probe_steps", 200))
+        if probe and (self.batch_cfg.item_rows is None or self.batch_cfg.max_unique_items is None):
+            measured = suggest_capacities(self.data.samples, self.data.catalogue, self.batch_cfg, steps=probe,
+                                          margin=float(config.batch.get("capacity_margin", 0.1)),
+                                          multiple=math.lcm(8, shards))
+            self.batch_cfg = dataclasses.replace(
+                self.batch_cfg, item_rows=self.batch_cfg.item_rows or measured.item_rows,
+                max_unique_items=self.batch_cfg.max_unique_items or measured.max_unique_items)
         rows, uniq = BatchBuilder(self.data.samples, self.data.catalogue, self.batch_cfg).capacities()
         up = lambda x: -(-x // shards) * shards
         self.batch_cfg = dataclasses.replace(self.batch_cfg, item_rows=up(rows), max_unique_items=up(uniq))
