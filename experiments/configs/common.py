@@ -22,6 +22,25 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(out)
 
 
+# name: (directory, text keys, tokenizer). "train:N" = a BPE of N tokens trained on the catalogue.
+SHARED = "../shared"
+DATASETS = {
+    "synthetic": ("", (), ""),
+    "beauty": (f"{SHARED}/data/amazon-beauty-2014", ("title",), f"{SHARED}/reference/beauty-tokenizer"),
+    "scientific": (f"{SHARED}/data/amazon-scientific-2018", ("title", "description", "brand", "categories"),
+                   "train:8000"),
+    "movielens": (f"{SHARED}/data/ml-latest-small", ("title", "genres", "tag"), "train:4000"),
+    "allbeauty": (f"{SHARED}/data/amazon-allbeauty-2023-tiny", ("title", "categories"), "train:2000"),
+}
+
+
+def set_dataset(c: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    c.data.dir, c.data.text_keys, c.data.tokenizer = DATASETS[name]
+    return c
+
+
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -36,7 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
     # item_rows / max_unique_items: 0 = measured over capacity_probe_steps steps (+ capacity_margin).
     c.batch = dict(batch_size=16, num_negatives=0, negative_sampling="uniform", row_len=132, item_rows=0,
                    max_unique_items=0, capacity_probe_steps=200, capacity_margin=0.1)
-    c.optim = dict(lr=1e-3, weight_decay=0.01, warmup=0.1)
+    c.optim = dict(lr=1e-3, weight_decay=0.01, warmup=0.1, schedule="cosine")
     c.train = dict(epochs=6, steps=0)
     c.eval = dict(every_steps=0, patience=0, items_per_batch=512, users_per_batch=256, max_seq_len=0)
     c.checkpoint = dict(every_steps=0, keep=2, async_save=True)

@@ -2,16 +2,18 @@
 
 Command (built-in synthetic data, 2 CPU cores):
   python -m experiments.train --config experiments/configs/hllm.py --workdir /tmp/hllm_synth
-Arguments: ``hllm.py:item=cpu-1m,user=cpu-0.3m,runlocal`` (sizes from ``hllm_jax/sizes.py``;
-``runlocal`` = a 20-step smoke run). Any field: ``--config.batch.batch_size=32``.
+Arguments: ``hllm.py:item=cpu-1m,user=cpu-0.3m,dataset=beauty,runlocal`` (sizes from
+``hllm_jax/sizes.py``; datasets from ``experiments/configs/common.py``: synthetic, beauty,
+scientific, movielens, allbeauty; ``runlocal`` = a 20-step smoke run). Any field:
+``--config.batch.batch_size=32``.
 """
 
-from experiments.configs.common import base_config, parse_arg
+from experiments.configs.common import base_config, parse_arg, set_dataset
 
 
 def get_config(arg=None):
-    a = parse_arg(arg, item="ref64", user="ref64", runlocal=False)
-    c = base_config()
+    a = parse_arg(arg, item="ref64", user="ref64", dataset="synthetic", runlocal=False)
+    c = set_dataset(base_config(), a.dataset)
     c.model.item_size, c.model.user_size = a.item, a.user
     if a.runlocal:
         c.train.steps, c.log_every, c.eval.every_steps = 20, 5, 10

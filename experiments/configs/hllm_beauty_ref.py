@@ -30,4 +30,5 @@ def get_config(arg=None):
     c.train.epochs = 6
     c.eval.every_steps = 0  # every epoch
     c.log_every = 200
+    c.checkpoint.every_steps = 300  # resumable in chunks
     return c

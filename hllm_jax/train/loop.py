@@ -106,9 +106,11 @@ class Run:
         self.rules = [tuple(r) for r in config.logical_axis_rules] if config.get("logical_axis_rules") \
             else sharding.DEFAULT_RULES
         o = config.optim
-        self.schedule = state_lib.reference_schedule(float(o.lr), self.total_steps, float(o.warmup))
+        kind = o.get("schedule", "cosine")
+        self.schedule = (state_lib.reference_schedule(float(o.lr), self.total_steps, float(o.warmup))
+                         if kind == "cosine" else (lambda step: float(o.lr)))
         self.tx = state_lib.make_optimizer(float(o.lr), self.total_steps, warmup=float(o.warmup),
-                                           weight_decay=float(o.weight_decay))
+                                           weight_decay=float(o.weight_decay), schedule=kind)
         self.graphdef, self.abstract_params, self.axes = state_lib.abstract_model(self.model_cfg)
         self.ckpt = Checkpointer(self.workdir / "checkpoints", model_config=self.model_cfg,
                                  keep=int(config.checkpoint.keep), best_metric=BEST_METRIC,

@@ -46,7 +46,18 @@ def load_data(config) -> RunData:
     keys = list(d.text_keys) if d.get("text_keys") else None
     if d.get("dir"):
         ds = tables.load_dir(Path(d.dir).expanduser(), text_keys=keys)
-        source, tok_dir = str(d.dir), (Path(d.tokenizer).expanduser() if d.get("tokenizer") else None)
+        source, tok_dir = str(d.dir), None
+        tok = str(d.get("tokenizer") or "")
+        if tok.startswith("train:"):
+            # A BPE tokenizer trained on this catalogue's own item texts (cached; no download).
+            vocab = int(tok.split(":", 1)[1])
+            texts = text.catalogue_texts(ds, keys, d.prompt)
+            h = hashlib.sha256(("\n".join(texts) + f"|{vocab}").encode()).hexdigest()[:12]
+            tok_dir = cache_dir(config) / f"tokenizer-{h}"
+            if not (tok_dir / "tokenizer.json").exists():
+                synthetic.train_tokenizer(texts, tok_dir, vocab_size=vocab)
+        elif tok:
+            tok_dir = Path(tok).expanduser()
     else:
         syn = synthetic.SyntheticConfig(**dict(config.synthetic))
         data = synthetic.generate(syn)
@@ -62,7 +73,8 @@ def load_data(config) -> RunData:
     else:
         if tok_dir is None:
             raise ValueError(f"data.dir={d.dir!r} needs a tokenizer for the item LLM: set "
-                             f"--config.data.tokenizer=DIR (a Hugging Face tokenizer directory)")
+                             f"--config.data.tokenizer=DIR (a Hugging Face tokenizer directory) or "
+                             f"--config.data.tokenizer=train:4000 (a BPE trained on the item texts)")
         cat = text.build_catalogue(ds, tok_dir, int(d.max_text_len), text_keys=keys, prompt=d.prompt,
                                    cache_dir=cache_dir(config) / "catalogues")
         vocab = len(text.load_tokenizer(tok_dir))

@@ -36,10 +36,19 @@ def reference_schedule(lr: float, total_steps: int, warmup: float = 0.1):
 
 
 def make_optimizer(lr: float, total_steps: int, *, warmup: float = 0.1, weight_decay: float = 0.01,
-                   b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> optax.GradientTransformation:
-    """AdamW as torch.optim.AdamW (decoupled decay on every parameter), no gradient clipping."""
-    return optax.adamw(reference_schedule(lr, total_steps, warmup), b1=b1, b2=b2, eps=eps,
-                       weight_decay=weight_decay)
+                   b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                   schedule: str = "cosine") -> optax.GradientTransformation:
+    """AdamW as torch.optim.AdamW (decoupled decay on every parameter), no gradient clipping.
+
+    schedule: ``cosine`` (HLLM's warm-up + half-cosine) or ``constant`` (the reference ID runs).
+    """
+    if schedule == "cosine":
+        lr_fn = reference_schedule(lr, total_steps, warmup)
+    elif schedule == "constant":
+        lr_fn = lr
+    else:
+        raise ValueError(f"optim.schedule={schedule!r}: choose 'cosine' or 'constant'")
+    return optax.adamw(lr_fn, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
 
 
 def init_model(cfg: HLLMConfig, seed: int = 0):
