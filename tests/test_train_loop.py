@@ -158,3 +158,15 @@ def test_bad_config_and_missing_data_dir(tmp_path):
     if TINY.exists():
         with pytest.raises(ValueError, match="needs a tokenizer"):
             train_and_evaluate(c, tmp_path / "w3")
+
+
+@pytest.mark.parametrize("name", ["sasrec", "hstu"])
+def test_id_baselines_train_and_evaluate(tmp_path, name):
+    from experiments.configs.sasrec import get_config as id_config
+    c = id_config("runlocal", name=name)
+    c.data.cache_dir = str(tmp_path / "cache")
+    c.train.steps, c.eval.every_steps, c.log_every = 4, 4, 2
+    c.mesh_shape, c.mesh_devices, c.progress, c.tensorboard = (1, 1, 1), 1, False, False
+    out = train_and_evaluate(c, tmp_path / "w")
+    assert out["status"] == "completed" and out["test"]["users"] == 99 + 1
+    assert out["evals"][0]["valid/recall@200"] > 0

@@ -257,8 +257,9 @@ class BatchBuilder:
     def capacities(self, process_count: int = 1) -> tuple[int, int]:
         """Global (item_rows, max_unique_items): the config's, or safe worst-case bounds when None.
 
-        Worst case per process: every reference distinct (capped by the catalogue); first-fit leaves
-        at most one row half empty, so rows <= 2 * tokens / row_len + 1.
+        Worst case per process: every reference distinct (capped by the catalogue), the longest
+        items. First-fit opens a row only when the item fits in no open row, so every row but the
+        last holds more than ``row_len - item_len`` tokens: rows <= tokens // (row_len - item_len + 1) + 1.
         """
         cfg, p = self.cfg, process_count
         _split(cfg.batch_size, 0, p, "BatchConfig.batch_size")
@@ -270,7 +271,7 @@ class BatchBuilder:
             r = cfg.item_rows
         else:
             longest = np.sort(self.item_lens)[::-1][:min(u // p, self.num_items)]
-            r = p * min(u // p, 2 * int(longest.sum()) // cfg.row_len + 1)
+            r = p * min(u // p, int(longest.sum()) // (cfg.row_len - cfg.item_len + 1) + 1)
         _split(r, 0, p, "BatchConfig.item_rows")
         _split(u, 0, p, "BatchConfig.max_unique_items")
         return r, u

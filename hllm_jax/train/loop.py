@@ -82,10 +82,10 @@ class Run:
         self.workdir = Path(workdir)
         self.data = setup.load_data(config)
         self.model_cfg = setup.model_config(config, self.data.vocab, self.data.dataset.num_items)
-        n_tok = getattr(self.model_cfg, "item_emb_token_n", 1)
+        n_tok = self.model_cfg.item_emb_token_n if isinstance(self.model_cfg, HLLMConfig) else 0  # ID: no slot
         n_dev = int(config.get("mesh_devices") or 0)
         self.mesh = sharding.make_mesh(tuple(config.mesh_shape), jax.devices()[:n_dev] if n_dev else None)
-        self.batch_cfg = setup.batch_config(config, n_tok)
+        self.batch_cfg = setup.batch_config(config, n_tok, self.data.catalogue.max_text_len)
         # Static capacities (rows, unique items): from the config, else measured over the first
         # ``batch.capacity_probe_steps`` steps plus a margin (a later overflow is an error naming the
         # setting). They must divide over the batch-sharded devices.
@@ -140,7 +140,7 @@ class Run:
             self._catalogue = ranking.pack_catalogue(
                 cat.token_lists(range(cat.num_items)), items_per_batch=int(e.items_per_batch),
                 row_len=int(self.config.batch.row_len), item_slot=self.batch_cfg.item_emb_token_n == 1,
-                max_text_len=int(self.config.data.max_text_len), multiple_of=multiple)
+                max_text_len=self.batch_cfg.max_text_len, multiple_of=multiple)
             self._train_counts = ranking.train_item_counts(self.data.dataset, cat.num_items)
         return self._catalogue
 

@@ -69,7 +69,7 @@ def load_data(config) -> RunData:
             if not (tok_dir / "tokenizer.json").exists():
                 synthetic.synthetic_tokenizer(data, tok_dir, vocab_size=int(d.get("synthetic_vocab", 1000)))
     if config.model.name in ID_MODELS:
-        cat, vocab = _id_catalogue(ds.num_items, int(d.max_text_len)), 2
+        cat, vocab = _id_catalogue(ds.num_items, 1), 2
     else:
         if tok_dir is None:
             raise ValueError(f"data.dir={d.dir!r} needs a tokenizer for the item LLM: set "
@@ -99,13 +99,13 @@ def model_config(config, vocab: int, num_items: int):
     raise ValueError(f"model.name={m.name!r}: choose 'hllm', 'sasrec' or 'hstu'")
 
 
-def batch_config(config, item_emb_token_n: int) -> BatchConfig:
+def batch_config(config, item_emb_token_n: int, max_text_len: int) -> BatchConfig:
     b, d = config.batch, config.data
     return BatchConfig(batch_size=int(b.batch_size), max_seq_len=int(d.max_seq_len),
                        num_negatives=b.get("num_negatives") or None, negative_sampling=b.negative_sampling,
                        row_len=int(b.row_len), item_rows=b.get("item_rows") or None,
                        max_unique_items=b.get("max_unique_items") or None, item_emb_token_n=item_emb_token_n,
-                       max_text_len=int(d.max_text_len), seed=int(config.seed),
+                       max_text_len=int(max_text_len), seed=int(config.seed),
                        sample_mode=d.get("sample_mode", "chunks"))
 
 

@@ -51,16 +51,24 @@ def make_optimizer(lr: float, total_steps: int, *, warmup: float = 0.1, weight_d
     return optax.adamw(lr_fn, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
 
 
-def init_model(cfg: HLLMConfig, seed: int = 0):
-    """(graphdef, params pure dict, logical-axes tree) of a freshly initialised HLLM."""
-    model = HLLM(cfg, nnx.Rngs(params=seed))
+def build_model(cfg, rngs: nnx.Rngs):
+    """HLLM for an HLLMConfig, an ID baseline (SASRec, HSTU) for theirs."""
+    if isinstance(cfg, HLLMConfig):
+        return HLLM(cfg, rngs)
+    from hllm_jax.models import baselines
+    return baselines.build(cfg, rngs)
+
+
+def init_model(cfg, seed: int = 0):
+    """(graphdef, params pure dict, logical-axes tree) of a freshly initialised model."""
+    model = build_model(cfg, nnx.Rngs(params=seed))
     graphdef, state = nnx.split(model)
     return graphdef, nnx.to_pure_dict(state), param_axes(state)
 
 
-def abstract_model(cfg: HLLMConfig):
+def abstract_model(cfg):
     """(graphdef, params ShapeDtypeStructs, logical-axes tree) without allocating parameters."""
-    model = nnx.eval_shape(lambda: HLLM(cfg, nnx.Rngs(params=0)))
+    model = nnx.eval_shape(lambda: build_model(cfg, nnx.Rngs(params=0)))
     graphdef, state = nnx.split(model)
     return graphdef, nnx.to_pure_dict(state), param_axes(state)
 
