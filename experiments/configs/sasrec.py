@@ -6,6 +6,9 @@ Defaults follow the public HLLM's ID runs where they apply to small data: hidden
 2 heads, dropout 0.1 (hidden and attention), learnable temperature, shared negatives
 (B x (S + 1), reference sampling), AdamW lr 1e-3 with a constant schedule, up to 50 epochs with
 early stopping (patience 5 evaluations) on valid NDCG@200.
+
+Measured on Amazon Beauty (dataset=beauty, 2 CPU cores): early-stopped after 10 epochs (best 5),
+3.1 min; test R@10 8.08, R@50 16.08, R@200 26.20, N@10 4.79, N@200 8.05 (x100).
 """
 
 from experiments.configs.common import base_config, parse_arg, set_dataset
