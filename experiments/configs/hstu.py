@@ -4,6 +4,9 @@ Command (2 CPU cores):
   python -m experiments.train --config experiments/configs/hstu.py:dataset=beauty --workdir W
 Same training recipe as experiments/configs/sasrec.py (hidden 64, 2 layers, 2 heads, dropout 0.1,
 shared negatives, AdamW lr 1e-3 constant, early stopping on valid NDCG@200).
+
+Measured on Amazon Beauty (dataset=beauty, 2 CPU cores): early-stopped after 11 epochs (best 6),
+3.6 min; test R@10 5.90, R@50 12.80, R@200 22.37, N@10 3.40, N@200 6.32 (x100).
 """
 
 from experiments.configs import sasrec
