@@ -87,6 +87,25 @@ def _rules_dict(rules: Sequence[tuple[str, Any]] | Mapping[str, Any]) -> dict[st
     return out
 
 
+def _free_axes(name: str | None, rules: dict, used: set[str], mesh: Mesh | None) -> tuple[str, ...]:
+    """Mesh axes a logical name maps to, minus those already used in this array and (with a mesh)
+    those of size 1."""
+    if name is None:
+        return ()
+    axes = tuple(a for a in rules[name] if a not in used)
+    return axes if mesh is None else tuple(a for a in axes if mesh.shape[a] > 1)
+
+
+def _entry(axes: tuple[str, ...]):
+    """One PartitionSpec entry: None, an axis name, or a tuple of names."""
+    return None if not axes else axes[0] if len(axes) == 1 else axes
+
+
+def batch_shards(mesh: Mesh, rules=DEFAULT_RULES) -> int:
+    """Into how many blocks the rules split the batch dimension on ``mesh``."""
+    return math.prod(mesh.shape[a] for a in _free_axes("batch", _rules_dict(rules), set(), mesh))
+
+
 def logical_to_spec(logical_axes: Sequence[str | None], rules, mesh: Mesh | None = None,
                     shape: Sequence[int] | None = None, what: str = "array") -> P:
     """PartitionSpec for an array whose dimensions carry ``logical_axes``.
@@ -99,15 +118,10 @@ def logical_to_spec(logical_axes: Sequence[str | None], rules, mesh: Mesh | None
     used: set[str] = set()
     spec = []
     for i, name in enumerate(logical_axes):
-        if name is None:
-            spec.append(None)
-            continue
-        if name not in rules:
+        if name is not None and name not in rules:
             raise ValueError(f"{what}: logical axis {name!r} has no rule; add ({name!r}, mesh axes or None) "
                              f"to logical_axis_rules (known: {sorted(rules)})")
-        axes = tuple(a for a in rules[name] if a not in used)
-        if mesh is not None:
-            axes = tuple(a for a in axes if mesh.shape[a] > 1)
+        axes = _free_axes(name, rules, used, mesh)
         if mesh is not None and shape is not None and axes:
             size = math.prod(mesh.shape[a] for a in axes)
             if shape[i] % size:
@@ -116,7 +130,7 @@ def logical_to_spec(logical_axes: Sequence[str | None], rules, mesh: Mesh | None
                     f"mesh axes {axes} of total size {size} (mesh {dict(mesh.shape)}); change the mesh "
                     f"shape, the model size, or the rule for {name!r}")
         used.update(axes)
-        spec.append(axes[0] if len(axes) == 1 else (axes if axes else None))
+        spec.append(_entry(axes))
     return P(*spec)
 
 
@@ -158,10 +172,10 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     spec = []
     used: set[str] = set()
     for dim, name in zip(x.shape, logical_axes):
-        axes = tuple(a for a in rules.get(name, ()) if a not in used and mesh.shape[a] > 1) if name else ()
+        axes = _free_axes(name if name in rules else None, rules, used, mesh)
         if axes and dim % math.prod(mesh.shape[a] for a in axes) == 0:
             used.update(axes)
-            spec.append(axes[0] if len(axes) == 1 else axes)
+            spec.append(_entry(axes))
         else:
             spec.append(None)
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(*spec)))

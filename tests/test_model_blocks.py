@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hllm_jax.data.packing import PackingOverflow, dedup, pack_items
+from hllm_jax.data.packing import PackingOverflow, dedup, pack_items, pad_rows
 from hllm_jax.models import attention as attn_lib
 from hllm_jax.models.hllm import HLLMConfig
 from hllm_jax.models.llama import LlamaConfig, rms_norm, rope
@@ -120,6 +120,10 @@ def test_pack_items_layout_and_overflow():
         assert (p.token_item[r, c - k:c + 1] == i).all()
         assert len(set(p.segments[r, c - k:c + 1].tolist())) == 1 and p.segments[r, c] > 0
     assert (p.token_item[p.segments == 0] == 3).all()
+    # Padding rows afterwards is the same as packing into more rows.
+    wide = pack_items(toks, row_len=8, num_rows=4, item_slot=True, max_text_len=6, item_ids=[11, 12, 13])
+    for a, b in zip(jax.tree.leaves(wide), jax.tree.leaves(pad_rows(p, 4))):
+        assert np.array_equal(a, b) and a.dtype == b.dtype
     with pytest.raises(PackingOverflow, match="row_len"):
         pack_items(toks, row_len=4, max_text_len=6)
     with pytest.raises(PackingOverflow, match="num_rows=1"):

@@ -1,7 +1,6 @@
 """The fused step on 8 simulated CPU devices equals one device's, for several mesh shapes."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -110,3 +110,13 @@ def dedup(item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
     return uniq[order], rank[inverse].reshape(np.shape(item_ids))
+
+
+def pad_rows(p: PackedItems, num_rows: int) -> PackedItems:
+    """``p`` with padding rows appended up to ``num_rows`` (padding tokens belong to no item)."""
+    extra = num_rows - p.tokens.shape[0]
+    if extra < 0:
+        raise PackingOverflow(f"{p.tokens.shape[0]} rows do not fit num_rows={num_rows}")
+    pad = lambda x, value=0: np.pad(x, [(0, extra), (0, 0)], constant_values=value)
+    return p.replace(tokens=pad(p.tokens), segments=pad(p.segments), positions=pad(p.positions),
+                     item_slot=pad(p.item_slot), token_item=pad(p.token_item, p.item_last.shape[0]))

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
 
 from hllm_jax import sharding
 from hllm_jax.batch import PACKED_AXES, PackedItems
-from hllm_jax.data.packing import pack_items
+from hllm_jax.data.packing import pack_items, pad_rows
 from hllm_jax.eval.metrics import TOPK, cold_start_metrics, metrics_from_ranks, target_ranks
 
 
@@ -47,14 +46,12 @@ def pack_catalogue(token_lists, *, items_per_batch: int, row_len: int, item_slot
     """Pack item i = token_lists[i] in consecutive chunks; rows/capacity padded to common shapes."""
     n = len(token_lists)
     chunks = [(s, min(n, s + items_per_batch)) for s in range(0, n, items_per_batch)]
+    cap = int(math.ceil(items_per_batch / multiple_of) * multiple_of)
     packed = [pack_items(token_lists[a:b], row_len=row_len, item_slot=item_slot, max_text_len=max_text_len,
-                         item_ids=np.arange(a, b)) for a, b in chunks]
+                         item_ids=np.arange(a, b), item_capacity=cap) for a, b in chunks]
     rows = max(p.tokens.shape[0] for p in packed)
     rows = int(math.ceil(rows / multiple_of) * multiple_of)
-    cap = int(math.ceil(items_per_batch / multiple_of) * multiple_of)
-    batches = [pack_items(token_lists[a:b], row_len=row_len, item_slot=item_slot, max_text_len=max_text_len,
-                          item_ids=np.arange(a, b), num_rows=rows, item_capacity=cap) for a, b in chunks]
-    return CatalogueBatches(batches, [b - a for a, b in chunks], n)
+    return CatalogueBatches([pad_rows(p, rows) for p in packed], [b - a for a, b in chunks], n)
 
 
 class Ranker:

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from hllm_jax import flops as flops_lib
@@ -85,11 +84,13 @@ class Run:
         n_tok = self.model_cfg.item_emb_token_n if isinstance(self.model_cfg, HLLMConfig) else 0  # ID: no slot
         n_dev = int(config.get("mesh_devices") or 0)
         self.mesh = sharding.make_mesh(tuple(config.mesh_shape), jax.devices()[:n_dev] if n_dev else None)
+        self.rules = [tuple(r) for r in config.logical_axis_rules] if config.get("logical_axis_rules") \
+            else sharding.DEFAULT_RULES
         self.batch_cfg = setup.batch_config(config, n_tok, self.data.catalogue.max_text_len)
         # Static capacities (rows, unique items): from the config, else measured over the first
         # ``batch.capacity_probe_steps`` steps plus a margin (a later overflow is an error naming the
         # setting). They must divide over the batch-sharded devices.
-        shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        self.batch_shards = shards = sharding.batch_shards(self.mesh, self.rules)
         probe = int(config.batch.get("capacity_probe_steps", 200))
         if probe and (self.batch_cfg.item_rows is None or self.batch_cfg.max_unique_items is None):
             measured = suggest_capacities(self.data.samples, self.data.catalogue, self.batch_cfg, steps=probe,
@@ -103,12 +104,9 @@ class Run:
         self.batch_cfg = dataclasses.replace(self.batch_cfg, item_rows=up(rows), max_unique_items=up(uniq))
         self.builder = BatchBuilder(self.data.samples, self.data.catalogue, self.batch_cfg)
         self.total_steps, self.steps_per_epoch = setup.total_steps(config, self.builder)
-        self.rules = [tuple(r) for r in config.logical_axis_rules] if config.get("logical_axis_rules") \
-            else sharding.DEFAULT_RULES
         o = config.optim
         kind = o.get("schedule", "cosine")
-        self.schedule = (state_lib.reference_schedule(float(o.lr), self.total_steps, float(o.warmup))
-                         if kind == "cosine" else (lambda step: float(o.lr)))
+        self.schedule = state_lib.learning_rate(float(o.lr), self.total_steps, float(o.warmup), kind)
         self.tx = state_lib.make_optimizer(float(o.lr), self.total_steps, warmup=float(o.warmup),
                                            weight_decay=float(o.weight_decay), schedule=kind)
         self.graphdef, self.abstract_params, self.axes = state_lib.abstract_model(self.model_cfg)
@@ -122,13 +120,11 @@ class Run:
     def init_state(self):
         _, params, _ = state_lib.init_model(self.model_cfg, seed=int(self.config.seed))
         state = state_lib.create_state(params, self.tx)
-        self.state_sharding = state_shardings(state, self.axes, self.mesh, self.rules)
-        return jax.device_put(state, self.state_sharding)
+        return jax.device_put(state, state_shardings(state, self.axes, self.mesh, self.rules, self.tx))
 
     def abstract_state(self):
-        abstract = jax.eval_shape(lambda: state_lib.create_state(
-            state_lib.init_model(self.model_cfg, seed=0)[1], self.tx))
-        sh = state_shardings(abstract, self.axes, self.mesh, self.rules)
+        abstract = jax.eval_shape(lambda p: state_lib.create_state(p, self.tx), self.abstract_params)
+        sh = state_shardings(abstract, self.axes, self.mesh, self.rules, self.tx)
         return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, sh)
 
     # -- evaluation -------------------------------------------------------------------------
@@ -136,11 +132,10 @@ class Run:
         if self._catalogue is None:
             e = self.config.eval
             cat = self.data.catalogue
-            multiple = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
             self._catalogue = ranking.pack_catalogue(
                 cat.token_lists(range(cat.num_items)), items_per_batch=int(e.items_per_batch),
                 row_len=int(self.config.batch.row_len), item_slot=self.batch_cfg.item_emb_token_n == 1,
-                max_text_len=self.batch_cfg.max_text_len, multiple_of=multiple)
+                max_text_len=self.batch_cfg.max_text_len, multiple_of=self.batch_shards)
             self._train_counts = ranking.train_item_counts(self.data.dataset, cat.num_items)
         return self._catalogue
 
@@ -157,17 +152,18 @@ class Run:
 
 
 def _step_flops(run: Run, batch_local, n_proc: int) -> tuple[float, int]:
-    """(global model FLOPs, global item tokens) of a step, from this process's shard."""
+    """(global model FLOPs, global item tokens) of a step, from this process's shard.
+
+    The ID baselines have no analytic formula yet: their FLOPs are reported as 0.
+    """
     lengths = flops_lib.batch_item_lengths(batch_local.items.segments)
     cfg = run.model_cfg
     b = run.batch_cfg
+    f = 0.0
     if isinstance(cfg, HLLMConfig):
         f = flops_lib.hllm_train_flops(cfg.item, cfg.user, item_lengths=lengths, batch=b.batch_size // n_proc,
                                        seq_len=b.max_seq_len, num_negatives=b.num_negatives // n_proc,
                                        proj=cfg.item_proj)
-    else:
-        f = getattr(cfg, "train_flops", lambda **k: 0.0)(batch=b.batch_size // n_proc, seq_len=b.max_seq_len,
-                                                         num_negatives=b.num_negatives // n_proc)
     return f * n_proc, int(lengths.sum()) * n_proc
 
 
@@ -207,14 +203,14 @@ def _train(run: Run, config, workdir: Path, jsonl, tb, stop, t_start) -> dict:
         it.set_state(data_state)
     if it.next_step != start:
         raise RuntimeError(f"data position {it.next_step} does not match the checkpoint step {start}")
-    example = jax.tree.map(np.asarray, run.builder.build(0, *_shard(run)))
+    shard, n_proc = _shard(run)
+    example = jax.tree.map(np.asarray, run.builder.build(0, shard, n_proc))
     fns = build_train_step(run.graphdef, run.tx, state, run.axes, to_global(example, run.mesh, run.rules),
                            mesh=run.mesh, rules=run.rules, seed=int(config.seed))
     e = config.eval
     eval_every = int(e.every_steps) or run.steps_per_epoch
     patience = int(e.patience)
     n_dev = jax.device_count()
-    _, n_proc = _shard(run)
     log_every = int(config.log_every)
 
     def record(step, metrics=None):

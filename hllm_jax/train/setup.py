@@ -40,6 +40,15 @@ def _id_catalogue(num_items: int, max_text_len: int) -> text.Catalogue:
                           key="id-only")
 
 
+def _trained_tokenizer(config, texts, vocab: int) -> Path:
+    """A BPE tokenizer of ``vocab`` tokens trained on ``texts``, cached by their content (no download)."""
+    h = hashlib.sha256(("\n".join(texts) + f"|{vocab}").encode()).hexdigest()[:12]
+    tok_dir = cache_dir(config) / f"tokenizer-{h}"
+    if not (tok_dir / "tokenizer.json").exists():
+        synthetic.train_tokenizer(texts, tok_dir, vocab_size=vocab)
+    return tok_dir
+
+
 def load_data(config) -> RunData:
     """Dataset (CSV directory or the built-in synthetic one), tokenised catalogue, training samples."""
     d = config.data
@@ -48,14 +57,8 @@ def load_data(config) -> RunData:
         ds = tables.load_dir(Path(d.dir).expanduser(), text_keys=keys)
         source, tok_dir = str(d.dir), None
         tok = str(d.get("tokenizer") or "")
-        if tok.startswith("train:"):
-            # A BPE tokenizer trained on this catalogue's own item texts (cached; no download).
-            vocab = int(tok.split(":", 1)[1])
-            texts = text.catalogue_texts(ds, keys, d.prompt)
-            h = hashlib.sha256(("\n".join(texts) + f"|{vocab}").encode()).hexdigest()[:12]
-            tok_dir = cache_dir(config) / f"tokenizer-{h}"
-            if not (tok_dir / "tokenizer.json").exists():
-                synthetic.train_tokenizer(texts, tok_dir, vocab_size=vocab)
+        if tok.startswith("train:"):  # trained on this catalogue's own item texts
+            tok_dir = _trained_tokenizer(config, text.catalogue_texts(ds, keys, d.prompt), int(tok.split(":", 1)[1]))
         elif tok:
             tok_dir = Path(tok).expanduser()
     else:
@@ -65,9 +68,7 @@ def load_data(config) -> RunData:
         source = f"synthetic({', '.join(f'{k}={v}' for k, v in dict(config.synthetic).items())})"
         tok_dir = None
         if config.model.name not in ID_MODELS:
-            tok_dir = cache_dir(config) / f"synthetic-tokenizer-{hashlib.sha256(source.encode()).hexdigest()[:12]}"
-            if not (tok_dir / "tokenizer.json").exists():
-                synthetic.synthetic_tokenizer(data, tok_dir, vocab_size=int(d.get("synthetic_vocab", 1000)))
+            tok_dir = _trained_tokenizer(config, synthetic.item_texts(data), int(d.get("synthetic_vocab", 1000)))
     if config.model.name in ID_MODELS:
         cat, vocab = _id_catalogue(ds.num_items, 1), 2
     else:

@@ -35,20 +35,24 @@ def reference_schedule(lr: float, total_steps: int, warmup: float = 0.1):
     return schedule
 
 
-def make_optimizer(lr: float, total_steps: int, *, warmup: float = 0.1, weight_decay: float = 0.01,
-                   b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-                   schedule: str = "cosine") -> optax.GradientTransformation:
-    """AdamW as torch.optim.AdamW (decoupled decay on every parameter), no gradient clipping.
+def learning_rate(lr: float, total_steps: int, warmup: float = 0.1, schedule: str = "cosine"):
+    """The learning rate as a function of the update count.
 
     schedule: ``cosine`` (HLLM's warm-up + half-cosine) or ``constant`` (the reference ID runs).
     """
     if schedule == "cosine":
-        lr_fn = reference_schedule(lr, total_steps, warmup)
-    elif schedule == "constant":
-        lr_fn = lr
-    else:
-        raise ValueError(f"optim.schedule={schedule!r}: choose 'cosine' or 'constant'")
-    return optax.adamw(lr_fn, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+        return reference_schedule(lr, total_steps, warmup)
+    if schedule == "constant":
+        return optax.constant_schedule(lr)
+    raise ValueError(f"optim.schedule={schedule!r}: choose 'cosine' or 'constant'")
+
+
+def make_optimizer(lr: float, total_steps: int, *, warmup: float = 0.1, weight_decay: float = 0.01,
+                   b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                   schedule: str = "cosine") -> optax.GradientTransformation:
+    """AdamW as torch.optim.AdamW (decoupled decay on every parameter), no gradient clipping."""
+    return optax.adamw(learning_rate(lr, total_steps, warmup, schedule), b1=b1, b2=b2, eps=eps,
+                       weight_decay=weight_decay)
 
 
 def build_model(cfg, rngs: nnx.Rngs):

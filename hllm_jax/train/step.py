@@ -72,38 +72,14 @@ class StepFns:
         return jax.device_put(batch, self.batch_sharding)
 
 
-def state_shardings(state: TrainState, param_axes: dict, mesh, rules) -> TrainState:
-    """Shardings of a TrainState: params and every params-shaped optimiser leaf by the rules."""
+def state_shardings(state: TrainState, param_axes: dict, mesh, rules, tx) -> TrainState:
+    """Shardings of a TrainState: params by the rules, params-shaped optimiser leaves (AdamW's
+    moments) like their parameters, everything else (counts) replicated."""
     p_sh = sharding.tree_shardings(param_axes, state.params, mesh, rules)
     repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    flat_p, p_def = jax.tree.flatten(p_sh)
-
-    def opt_leaf_shardings(sub):
-        # optax keeps params-shaped subtrees (mu, nu) and scalars (count).
-        try:
-            if jax.tree.structure(sub) == p_def:
-                return p_sh
-        except Exception:
-            pass
-        return None
-
-    def walk(node):
-        s = opt_leaf_shardings(node)
-        if s is not None:
-            return s
-        if isinstance(node, (jax.Array, jax.ShapeDtypeStruct)) or hasattr(node, "shape"):
-            return repl
-        if isinstance(node, tuple) and hasattr(node, "_fields"):
-            return type(node)(*[walk(c) for c in node])
-        if isinstance(node, (tuple, list)):
-            return type(node)(walk(c) for c in node)
-        if isinstance(node, dict):
-            return {k: walk(v) for k, v in node.items()}
-        if node is None:
-            return None
-        raise TypeError(f"unexpected optimiser-state node {type(node)}")
-
-    return TrainState(step=repl, params=p_sh, opt_state=walk(state.opt_state))
+    opt_sh = optax.tree_map_params(tx, lambda _, s: s, state.opt_state, p_sh,
+                                   transform_non_params=lambda _: repl)
+    return TrainState(step=repl, params=p_sh, opt_state=opt_sh)
 
 
 def batch_shardings(batch: TrainBatch, mesh, rules) -> TrainBatch:
@@ -122,7 +98,7 @@ def build_train_step(graphdef, tx, state: TrainState, param_axes: dict, batch: T
     fn = lambda s, b: train_step(graphdef, tx, s, b, mesh, rules, seed)
     if mesh is None:
         return StepFns(jax.jit(fn, donate_argnums=(0,) if donate else ()), None, None, None)
-    s_sh = state_shardings(state, param_axes, mesh, rules)
+    s_sh = state_shardings(state, param_axes, mesh, rules, tx)
     b_sh = batch_shardings(batch, mesh, rules)
     repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     jitted = jax.jit(fn, in_shardings=(s_sh, b_sh), out_shardings=(s_sh, repl),
