@@ -2,7 +2,7 @@
 
 Command (built-in synthetic data: 600 users, 400 items; 2 CPU cores):
   python -m experiments.train --config experiments/configs/hllm.py --workdir /tmp/hllm_synth
-Measured: 228 steps (6 epochs) in 3.0 min on a loaded 2-core machine; test R@10 43.67,
+Measured: 228 steps (6 epochs) in 68 s on an idle 2-core machine (3.0 min when shared); test R@10 43.67,
 R@200 96.33, N@10 24.82, N@200 35.25 (x100; best epoch 6 of 6).
 Arguments: ``hllm.py:item=cpu-1m,user=cpu-0.3m,dataset=beauty,runlocal`` (sizes from
 ``hllm_jax/sizes.py``; datasets from ``experiments/configs/common.py``: synthetic, beauty,
