@@ -1,17 +1,25 @@
-"""Analytic FLOP counts (multiply-add = 2 FLOPs), MaxText's convention.
+"""Analytic FLOP counts (multiply-add = 2 FLOPs, MaxText's convention) and a jaxpr matmul counter.
 
 Per decoder layer and token (forward): the projections ``2 * (D*H*hd + 2*D*K*hd + H*hd*D + 3*D*F)``;
 attention scores and the weighted sum ``2 * 2 * H * hd * c`` where ``c`` is the number of keys
-the token attends to. Causal masking halves the dense count: a segment of ``l`` tokens
-contributes ``l * l / 2`` key visits (not ``l * (l + 1) / 2``, and not the ``L * L`` a dense
-kernel computes over a whole packed row: only model FLOPs are counted). Training = 3 x forward
-(the backward pass costs two forwards). The InfoNCE logits add ``2 * 2 * P * M * D`` (positions x
-negatives x width, targets too). Norms, softmax, RoPE and embedding lookups are not counted.
-``cost_analysis()`` cannot replace this: it counts a scanned layer body once.
+the token attends to. Model FLOPs count causal attention as ``l * l / 2`` key visits per segment
+of ``l`` tokens (not ``l * (l + 1) / 2``, and not the ``L * L`` a dense kernel computes over a
+whole packed row); ``attention="computed"`` counts what a dense kernel does instead (the test
+compares that with the counted program). Training = 3 x forward (the backward pass costs two
+forwards) for everything that carries a gradient. InfoNCE: the logits ``2 * P * M * D``
+(positions x negatives x width) with gradient, plus the same-item mask ``2 * P * M * D``
+(target x negatives, no gradient: counted once). Norms, softmax, RoPE, gathers are not counted.
+
+``cost_analysis()`` cannot replace this: it counts a scanned layer body once (ENVIRONMENT.md).
+``count_matmul_flops`` walks a program's jaxpr instead (scan bodies times their length) and
+is what the tests check these formulas against.
 """
 
 from __future__ import annotations
 
+import math
+
+import jax
 import numpy as np
 
 from hllm_jax.models.llama import LlamaConfig
@@ -33,19 +41,40 @@ def segment_key_visits(lengths) -> float:
     return float(np.sum(lengths * lengths) / 2.0)
 
 
-def hllm_train_flops(item: LlamaConfig, user: LlamaConfig, *, item_lengths, batch: int, seq_len: int,
-                     num_negatives: int, proj: bool = False) -> float:
-    """Training FLOPs of one fused step: item LLM over the (deduplicated) items of lengths
-    ``item_lengths`` (tokens incl. the [ITEM] slot), user LLM over ``batch`` x ``seq_len``, loss."""
+def hllm_flops(item: LlamaConfig, user: LlamaConfig, *, item_lengths, batch: int, seq_len: int,
+               num_negatives: int, proj: bool = False, train: bool = True, attention: str = "model",
+               rows: tuple[int, int] | None = None) -> float:
+    """FLOPs of one HLLM step: item LLM over items of ``item_lengths`` tokens (incl. the [ITEM]
+    slot; deduplicated), user LLM over ``batch`` x ``seq_len``, InfoNCE over ``num_negatives``.
+
+    train: forward + backward (else forward only). attention: ``model`` (causal, per segment) or
+    ``computed`` (what a dense kernel computes: ``rows = (R, L)`` packed rows, ``B * S * S``
+    for the user LLM; for checking against a counted program).
+    """
     lengths = np.asarray(item_lengths, np.float64)
-    tokens = lengths.sum()
-    fwd = tokens * matmul_flops_per_token(item) + attention_flops(item, segment_key_visits(lengths))
+    if attention == "model":
+        item_visits, user_visits = segment_key_visits(lengths), batch * seq_len * seq_len / 2.0
+    elif attention == "computed":
+        if rows is None:
+            raise ValueError("attention='computed' needs rows=(R, L)")
+        item_visits, user_visits = rows[0] * rows[1] ** 2, batch * seq_len ** 2
+    else:
+        raise ValueError(f"attention={attention!r}: 'model' or 'computed'")
+    positions = batch * seq_len
+    fwd = lengths.sum() * matmul_flops_per_token(item) + attention_flops(item, item_visits)
     if proj:
         fwd += 2 * len(lengths) * item.hidden * user.hidden
-    fwd += batch * seq_len * matmul_flops_per_token(user)
-    fwd += attention_flops(user, batch * seq_len * seq_len / 2.0)
-    fwd += 2 * 2 * batch * seq_len * num_negatives * user.hidden
-    return 3.0 * fwd
+    fwd += positions * matmul_flops_per_token(user) + attention_flops(user, user_visits)
+    fwd += 2 * positions * num_negatives * user.hidden        # logits
+    mask = 2 * positions * num_negatives * user.hidden        # same-item mask (no gradient)
+    return (3.0 * fwd if train else fwd) + mask
+
+
+def hllm_train_flops(item: LlamaConfig, user: LlamaConfig, *, item_lengths, batch: int, seq_len: int,
+                     num_negatives: int, proj: bool = False) -> float:
+    """Model FLOPs of one fused training step (see ``hllm_flops``)."""
+    return hllm_flops(item, user, item_lengths=item_lengths, batch=batch, seq_len=seq_len,
+                      num_negatives=num_negatives, proj=proj)
 
 
 def batch_item_lengths(segments: np.ndarray) -> np.ndarray:
@@ -56,3 +85,41 @@ def batch_item_lengths(segments: np.ndarray) -> np.ndarray:
         c = np.bincount(row[row > 0])
         out.append(c[c > 0])
     return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+# -- counting ---------------------------------------------------------------------------------
+def _sub_jaxprs(value):
+    """Jaxprs inside an equation parameter (a Jaxpr, a ClosedJaxpr, or tuples of them)."""
+    if hasattr(value, "eqns"):
+        return [value]
+    if hasattr(value, "jaxpr") and hasattr(value.jaxpr, "eqns"):
+        return [value.jaxpr]
+    if isinstance(value, (tuple, list)):
+        return [j for v in value for j in _sub_jaxprs(v)]
+    return []
+
+
+def _jaxpr_matmul_flops(jaxpr) -> float:
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "dot_general":
+            (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            out = eqn.outvars[0].aval.shape
+            total += 2.0 * math.prod(out) * math.prod(lhs[d] for d in lhs_contract)
+            continue
+        if name == "while":
+            raise ValueError("count_matmul_flops: a while loop has no static trip count")
+        if name == "cond":
+            total += max(_jaxpr_matmul_flops(j) for j in _sub_jaxprs(eqn.params["branches"]))
+            continue
+        inner = sum(_jaxpr_matmul_flops(j) for v in eqn.params.values() for j in _sub_jaxprs(v))
+        total += inner * (eqn.params["length"] if name == "scan" else 1)
+    return total
+
+
+def count_matmul_flops(fn, *args) -> float:
+    """FLOPs of every matrix multiply (``dot_general``) ``fn(*args)`` executes; scans counted
+    once per iteration, rematerialised forwards included."""
+    return _jaxpr_matmul_flops(jax.make_jaxpr(fn)(*args).jaxpr)

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from hllm_jax import flops as flops_lib
-from hllm_jax import sharding
+from hllm_jax import sharding, sizes
 from hllm_jax.data.batches import BatchBuilder, suggest_capacities
 from hllm_jax.data.pipeline import make_train_iterator, to_global
 from hllm_jax.eval import ranking
@@ -162,7 +162,7 @@ def _step_flops(run: Run, batch_local, n_proc: int) -> tuple[float, int]:
     f = 0.0
     if isinstance(cfg, HLLMConfig):
         f = flops_lib.hllm_train_flops(cfg.item, cfg.user, item_lengths=lengths, batch=b.batch_size // n_proc,
-                                       seq_len=b.max_seq_len, num_negatives=b.num_negatives // n_proc,
+                                       seq_len=b.max_seq_len, num_negatives=b.num_negatives,  # shared: every user sees all M
                                        proj=cfg.item_proj)
     return f * n_proc, int(lengths.sum()) * n_proc
 
@@ -191,10 +191,13 @@ def _train(run: Run, config, workdir: Path, jsonl, tb, stop, t_start) -> dict:
     state = run.init_state()
     restored = run.ckpt.restore_latest(run.abstract_state())
     data_state, evals, best = None, [], None
+    # Running totals over the whole run (kept in checkpoints, so a resumed run continues them).
+    totals = dict(train_flops=0.0, item_tokens=0, steps=0)
     if restored is not None:
         state, data_state, meta = restored
         evals = meta.get("metrics", {}).get("evals", [])
         best = meta.get("metrics", {}).get("best")
+        totals.update(meta.get("metrics", {}).get("totals", {}))
         log.info("resumed from step %d", int(state.step))
     start = int(state.step)
     it = make_train_iterator(run.builder, run.total_steps, mesh=run.mesh, rules=run.rules,
@@ -215,7 +218,7 @@ def _train(run: Run, config, workdir: Path, jsonl, tb, stop, t_start) -> dict:
 
     def record(step, metrics=None):
         """What a checkpoint remembers of the run: evals so far, the best, this step's metric."""
-        payload = dict(step=step, best=best, evals=evals)
+        payload = dict(step=step, best=best, evals=evals, totals=dict(totals))
         if metrics and BEST_METRIC in metrics:
             payload[BEST_METRIC] = metrics[BEST_METRIC]
         return payload
@@ -226,7 +229,8 @@ def _train(run: Run, config, workdir: Path, jsonl, tb, stop, t_start) -> dict:
     from tqdm.auto import tqdm
     bar = tqdm(total=run.total_steps, initial=start, desc="train", dynamic_ncols=True,
                disable=not config.get("progress", True))
-    window = dict(t=time.time(), flops=0.0, tokens=0, steps=0)
+    window = dict(t=time.time(), flops=0.0, tokens=0, steps=0, loss=0.0)
+    last_window_loss = None
     status, stale = "completed", 0
     if evals and best:
         stale = sum(1 for ev in evals if ev["step"] > best["step"])
@@ -245,11 +249,16 @@ def _train(run: Run, config, workdir: Path, jsonl, tb, stop, t_start) -> dict:
         window["flops"] += f
         window["tokens"] += toks
         window["steps"] += 1
+        window["loss"] += float(m["loss"])
+        totals["train_flops"] += f
+        totals["item_tokens"] += toks
+        totals["steps"] += 1
         bar.update(1)
         if step % log_every == 0 or step == run.total_steps:
             loss = float(m["loss"])
             dt = (time.time() - window["t"]) / window["steps"]
-            rec = dict(step=step, loss=loss, seconds_per_step=dt,
+            last_window_loss = window["loss"] / window["steps"]
+            rec = dict(step=step, loss=loss, mean_loss=last_window_loss, seconds_per_step=dt,
                        tflops_per_device=window["flops"] / window["steps"] / dt / n_dev / 1e12,
                        tokens_per_second_per_device=window["tokens"] / window["steps"] / dt / n_dev,
                        lr=float(run.schedule(step - 1)),
@@ -259,7 +268,7 @@ def _train(run: Run, config, workdir: Path, jsonl, tb, stop, t_start) -> dict:
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rec['tokens_per_second_per_device'] * n_dev:,.0f}")
             bar.write(f"step {step}, {dt:.3f} s/step, {rec['tflops_per_device']:.4f} TFLOP/s/device, "
                       f"{rec['tokens_per_second_per_device']:.0f} tokens/s/device, loss {loss:.5f}")
-            window = dict(t=time.time(), flops=0.0, tokens=0, steps=0)
+            window = dict(t=time.time(), flops=0.0, tokens=0, steps=0, loss=0.0)
         saved = False
         if step % eval_every == 0 or step == run.total_steps:
             t0 = time.time()
@@ -282,8 +291,10 @@ def _train(run: Run, config, workdir: Path, jsonl, tb, stop, t_start) -> dict:
                 break
         if not saved and int(config.checkpoint.every_steps) and step % int(config.checkpoint.every_steps) == 0:
             save(step)
+            saved = True
         if stop["signal"] is not None:
-            save(step, force=True)
+            if not saved:
+                save(step, force=True)
             status = "preempted"
             break
     bar.close()
@@ -291,7 +302,9 @@ def _train(run: Run, config, workdir: Path, jsonl, tb, stop, t_start) -> dict:
     run.ckpt.wait()
     out = dict(status=status, step=step, total_steps=run.total_steps, steps_per_epoch=run.steps_per_epoch,
                data=run.data.source, evals=evals, best=best, wall_seconds=time.time() - t_start,
-               devices=jax.device_count())
+               devices=jax.device_count(), totals=totals, final_mean_loss=last_window_loss)
+    if isinstance(run.model_cfg, HLLMConfig):
+        out["param_counts"] = sizes.hllm_param_counts(run.model_cfg)
     if status != "preempted" and best is not None:
         params = run.ckpt.restore_params(best["step"], run.abstract_state().params)
         t0 = time.time()

@@ -1,0 +1,59 @@
+"""The sweep's results file: one JSON object per line, appended; the newest row per key wins."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Iterable
+
+
+class Results:
+    """``results.jsonl`` in a workdir. A row is reused (its point skipped) when its ``key`` and
+    ``fingerprint`` match and its status is ``ok``; rerunning a point appends a newer row."""
+
+    def __init__(self, workdir):
+        self.path = Path(workdir) / "results.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def rows(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        out = []
+        for i, line in enumerate(self.path.read_text().splitlines()):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a crash: skip it, say so
+                print(f"warning: {self.path}:{i + 1} is not valid JSON (interrupted write?); ignored")
+        return out
+
+    def latest(self) -> dict[str, dict]:
+        """The newest row of every key."""
+        out: dict[str, dict] = {}
+        for r in self.rows():
+            out[r["key"]] = r
+        return out
+
+    def done(self, key: str, fingerprint: str) -> dict | None:
+        r = self.latest().get(key)
+        if r and r.get("status") == "ok" and r.get("fingerprint") == fingerprint:
+            return r
+        return None
+
+    def append(self, row: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row, default=float) + "\n")
+
+
+def write_csv(rows: Iterable[dict], path) -> None:
+    rows = list(rows)
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols and not isinstance(r[k], (dict, list))]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
