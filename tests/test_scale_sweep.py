@@ -79,12 +79,7 @@ def test_topology_names():
 def _sweep_config(**over):
     from experiments.configs import scale_sweep
     c = scale_sweep.get_config("runlocal")
-    for k, v in over.items():
-        node = c
-        *path, last = k.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = v
+    c.update_from_flattened_dict(over)
     return c
 
 
@@ -175,6 +170,9 @@ def test_aot_compiles_a_small_point_for_a_small_topology(tmp_path):
     # Cached: a rerun compiles nothing.
     n = len(Results(w).rows())
     assert runner.run_sweep(c, w) == 0 and len(Results(w).rows()) == n
+    c.aot.per_device_batches = (1, 2, 4)  # one more batch to try: only it is compiled
+    assert runner.run_sweep(c, w) == 0
+    assert [r["per_device_batch"] for r in Results(w).rows()[n:]] == [4]
     # A size that cannot be sharded: the error names the dimension; recorded, non-zero result.
     c.aot.mesh_shape = (1, 1, -1)  # tensor = 4 > kv_heads = 2
     assert runner.run_sweep(c, tmp_path / "bad") == 1

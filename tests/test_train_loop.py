@@ -34,12 +34,7 @@ def small_config(tmp_path, **over):
     c.mesh_shape, c.mesh_devices = (1, 1, 1), 1  # one device (fast); the fixture run uses all 8
     c.progress = False
     c.tensorboard = False
-    for k, v in over.items():
-        node = c
-        *path, last = k.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = v
+    c.update_from_flattened_dict(over)
     return c
 
 

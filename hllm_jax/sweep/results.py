@@ -36,9 +36,11 @@ class Results:
             out[r["key"]] = r
         return out
 
-    def done(self, key: str, fingerprint: str) -> dict | None:
+    def done(self, key: str, fingerprint: str, statuses=("ok",)) -> dict | None:
+        """The newest row of ``key`` if it has this fingerprint and a final status (an AOT
+        compile that ran out of memory is final too; an error is retried)."""
         r = self.latest().get(key)
-        if r and r.get("status") == "ok" and r.get("fingerprint") == fingerprint:
+        if r and r.get("status") in statuses and r.get("fingerprint") == fingerprint:
             return r
         return None
 

@@ -129,14 +129,16 @@ def run_aot_sweep(c, workdir: Path, results: Results, rerun: set[str]) -> tuple[
         bar.set_postfix(point=point.name, topology=topo.jax_name)
         rc = point_run_config(c, point)
         vocab = int(a.vocab) or sizes.PUBLIC_VOCAB.get(sizes.canonical(point.item), 32000)
-        base_fp = dict(run=rc.to_dict(), aot=a.to_dict(), vocab=vocab)
+        # What a compile depends on (not the list of batches to try, nor the fallback policies).
+        base_fp = dict(run=rc.to_dict(), vocab=vocab, negatives_per_device=int(a.negatives_per_device),
+                       row_len=int(a.row_len), mesh_shape=list(a.mesh_shape), topology=topo.jax_name)
         policies = [rc.model.remat] + [p for p in a.remat_fallback if p != rc.model.remat]
         best = None
         for remat in policies:
             for b in a.per_device_batches:
                 key = f"{point.name}|{topo.jax_name}|{remat}|b{b}"
                 fp = points_lib.fingerprint(dict(base_fp, remat=remat, batch=b))
-                row = results.done(key, fp) if point.name not in rerun else None
+                row = results.done(key, fp, ("ok", "oom")) if point.name not in rerun else None
                 if row is None:
                     bar.write(f"{point.name} on {topo.jax_name}: compiling, per-device batch {b}, remat {remat}")
                     row = dict(key=key, kind="aot", point=point.name, item_size=point.item, user_size=point.user,
