@@ -6,7 +6,9 @@ byte-level BPE of 8,000 tokens trained on this catalogue (``tokenizer="train:800
 
 Command (2 CPU cores):
   python -m experiments.train --config experiments/configs/hllm_scientific.py --workdir W
-Measured: see the README results table.
+Measured (2 CPU cores): 6 epochs = 3,144 steps, ~50 min of running time (0.71-0.77 s/step alone);
+best epoch 6 (valid N@200 13.62); test R@10 10.98, R@50 21.70, R@200 38.21, N@10 6.69, N@200 11.46
+(x100). Per-epoch valid metrics and the cold-start split: README results.
 """
 
 from experiments.configs import hllm_beauty_ref
