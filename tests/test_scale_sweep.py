@@ -89,6 +89,7 @@ def test_sweep_resumes_reruns_and_records_a_failing_point(tmp_path, capsys):
     first = Results(w).latest()["ref64xref64"]
     assert first["status"] == "ok" and first["steps"] == 4 and first["train_flops"] > 0
     assert first["params"] == 2 * 90944 and first["item_tokens"] > 0
+    assert first["workdir"] == "points/ref64xref64"  # relative: results move with the workdir
     log = w / "points" / "ref64xref64" / "log.jsonl"
     n_log = len(log.read_text().splitlines())
     # A second, wider sweep: the finished point is skipped, the new one trained, a bad one recorded.

@@ -107,7 +107,8 @@ def compile_point(run_config, topology: Topology, per_device_batch: int, *, rema
     shapes = batch_shapes(per_device_batch=per_device_batch, shards=shards, seq_len=int(cfg.data.max_seq_len),
                           negatives_per_device=negatives_per_device, item_len=item_len, row_len=row_len)
     row = dict(topology=topology.jax_name, chips=topology.chips, per_device_batch=per_device_batch, remat=remat,
-               mesh=dict(mesh.shape), dtype=cfg.model.dtype, hbm_per_chip=topology.chip.hbm_bytes, **shapes)
+               mesh=dict(mesh.shape), dtype=cfg.model.dtype, hbm_per_chip=topology.chip.hbm_bytes,
+               param_counts=sizes.hllm_param_counts(model_cfg), **shapes)
     row.update(roofline(model_cfg, shapes, topology, remat))
     tx = state_lib.make_optimizer(float(cfg.optim.lr), 1000, weight_decay=float(cfg.optim.weight_decay))
     t0 = time.time()

@@ -46,8 +46,9 @@ def _param_columns(counts: dict) -> dict:
 
 
 # -- training points --------------------------------------------------------------------------
-def train_point(c, point, workdir: Path, fingerprint: str, fresh: bool) -> dict:
-    """Train and evaluate one point in ``workdir/points/NAME`` (resuming a partial run there)."""
+def train_point(rc, point, workdir: Path, fingerprint: str, fresh: bool) -> dict:
+    """Train and evaluate one point (run config ``rc``) in ``workdir/points/NAME``, resuming a
+    partial run there."""
     from hllm_jax.train.loop import train_and_evaluate
     pdir = workdir / "points" / point.name
     stamp = pdir / "fingerprint"
@@ -55,13 +56,13 @@ def train_point(c, point, workdir: Path, fingerprint: str, fresh: bool) -> dict:
         shutil.rmtree(pdir)  # settings changed (or a rerun was asked for): start this point afresh
     pdir.mkdir(parents=True, exist_ok=True)
     stamp.write_text(fingerprint)
-    rc = point_run_config(c, point)
     out = train_and_evaluate(rc, pdir)
     if out["status"] == "preempted":
         raise KeyboardInterrupt(f"point {point.name} preempted at step {out['step']}; rerun to resume")
     row = dict(steps=out["step"], wall_seconds=out["wall_seconds"], final_loss=out.get("final_mean_loss"),
                item_tokens=out["totals"]["item_tokens"], train_flops=out["totals"]["train_flops"],
-               run_status=out["status"], workdir=str(pdir), **_param_columns(out["param_counts"]))
+               run_status=out["status"], workdir=str(pdir.relative_to(workdir)),  # relative to the sweep's
+               **_param_columns(out["param_counts"]))
     if out["evals"]:
         row.update({k: v for k, v in out["evals"][-1].items() if k.startswith("valid/")})
     row.update({f"test/{k}": v for k, v in out.get("test", {}).items() if k != "cold_start"})
@@ -75,7 +76,8 @@ def run_train_sweep(c, workdir: Path, results: Results, rerun: set[str]) -> tupl
     bar = tqdm(pts, desc="sweep", unit="point", dynamic_ncols=True, disable=not c.get("progress", True))
     for point in bar:
         bar.set_postfix(point=point.name)
-        fp = points_lib.fingerprint(point_run_config(c, point).to_dict())
+        rc = point_run_config(c, point)
+        fp = points_lib.fingerprint(rc.to_dict())
         done = results.done(point.name, fp)
         if done and point.name not in rerun:
             bar.write(f"{point.name}: done earlier (results.jsonl), skipped; --config.points={point.name} reruns it")
@@ -84,7 +86,7 @@ def run_train_sweep(c, workdir: Path, results: Results, rerun: set[str]) -> tupl
         base = dict(key=point.name, kind="train", point=point.name, item_size=point.item, user_size=point.user,
                     fingerprint=fp, time=time.strftime("%Y-%m-%d %H:%M:%S"))
         try:
-            row = dict(base, status="ok", **train_point(c, point, workdir, fp, fresh=point.name in rerun))
+            row = dict(base, status="ok", **train_point(rc, point, workdir, fp, fresh=point.name in rerun))
         except KeyboardInterrupt:
             raise
         except Exception as e:  # noqa: BLE001 - recorded; the other points still run
@@ -146,7 +148,7 @@ def run_aot_sweep(c, workdir: Path, results: Results, rerun: set[str]) -> tuple[
                                **aot.compile_point(rc, topo, b, remat=remat, vocab=vocab,
                                                    negatives_per_device=int(a.negatives_per_device),
                                                    row_len=int(a.row_len), mesh_shape=tuple(a.mesh_shape)))
-                    row.update(_param_columns(sizes.hllm_param_counts(aot_model_cfg(rc, vocab))))
+                    row.update(_param_columns(row.pop("param_counts")))
                     results.append(row)
                 if row["status"] == "error":
                     failed += 1
@@ -163,11 +165,6 @@ def run_aot_sweep(c, workdir: Path, results: Results, rerun: set[str]) -> tuple[
         rows.append(summary)
     bar.close()
     return rows, failed
-
-
-def aot_model_cfg(rc, vocab: int):
-    from hllm_jax.train import setup
-    return setup.model_config(rc, vocab, 2)
 
 
 def _gib(x) -> str:

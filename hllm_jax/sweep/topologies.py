@@ -20,15 +20,14 @@ class Chip:
     peak_flops: float     # dense bf16 FLOP/s per chip
     hbm_bytes: float      # HBM per chip
     hbm_bandwidth: float  # bytes/s per chip
-    cores_per_chip: int   # TensorCores a Cloud name counts per chip (1 where it counts chips)
     dims: int             # topology dimensions (3 = torus x*y*z, 2 = x*y)
 
 
 CHIPS = {
-    "v4": Chip("v4", 275e12, 32 * GiB, 1.2e12, 2, 3),
-    "v5e": Chip("v5e", 197e12, 16 * GiB, 8.1e11, 1, 2),
-    "v5p": Chip("v5p", 459e12, 95e9, 2.765e12, 2, 3),
-    "v6e": Chip("v6e", 918e12, 32 * GiB, 1.64e12, 1, 2),
+    "v4": Chip("v4", 275e12, 32 * GiB, 1.2e12, 3),
+    "v5e": Chip("v5e", 197e12, 16 * GiB, 8.1e11, 2),
+    "v5p": Chip("v5p", 459e12, 95e9, 2.765e12, 3),
+    "v6e": Chip("v6e", 918e12, 32 * GiB, 1.64e12, 2),
 }
 
 # Cloud name -> JAX topology string (the shapes Cloud provisions for these slice sizes).
@@ -51,10 +50,6 @@ class Topology:
     jax_name: str    # v5p:4x4x4
     chip: Chip
     chips: int
-
-    @property
-    def hbm_total(self) -> float:
-        return self.chips * self.chip.hbm_bytes
 
 
 def resolve(name: str) -> Topology:

@@ -192,7 +192,7 @@ def _train(run: Run, config, workdir: Path, jsonl, tb, stop, t_start) -> dict:
     restored = run.ckpt.restore_latest(run.abstract_state())
     data_state, evals, best = None, [], None
     # Running totals over the whole run (kept in checkpoints, so a resumed run continues them).
-    totals = dict(train_flops=0.0, item_tokens=0, steps=0)
+    totals = dict(train_flops=0.0, item_tokens=0)
     if restored is not None:
         state, data_state, meta = restored
         evals = meta.get("metrics", {}).get("evals", [])
@@ -252,7 +252,6 @@ def _train(run: Run, config, workdir: Path, jsonl, tb, stop, t_start) -> dict:
         window["loss"] += float(m["loss"])
         totals["train_flops"] += f
         totals["item_tokens"] += toks
-        totals["steps"] += 1
         bar.update(1)
         if step % log_every == 0 or step == run.total_steps:
             loss = float(m["loss"])
