@@ -10,6 +10,13 @@ forwards) for everything that carries a gradient. InfoNCE: the logits ``2 * P * 
 (positions x negatives x width) with gradient, plus the same-item mask ``2 * P * M * D``
 (target x negatives, no gradient: counted once). Norms, softmax, RoPE, gathers are not counted.
 
+ID baselines (``baseline_flops``), per layer and position (forward; ``D`` = width = heads x
+head dim): SASRec ``2 * (4*D*D + 2*D*F)`` (Q, K, V, O and the FFN of width ``F``), HSTU
+``2 * (4*D*D + D*D)`` (the fused U/V/Q/K projection and O); attention ``2 * 2 * D * c`` as
+above; HSTU's optional item projection ``2 * E * D`` per unique item (``E`` its item width). The
+ID lookup is a gather (0 FLOPs). InfoNCE as above, with ``num_negatives`` the count each position
+is scored against (the shared M, or K of its own).
+
 ``cost_analysis()`` cannot replace this: it counts a scanned layer body once (ENVIRONMENT.md).
 ``count_matmul_flops`` walks a program's jaxpr instead (scan bodies times their length) and
 is what the tests check these formulas against.
@@ -22,6 +29,7 @@ import math
 import jax
 import numpy as np
 
+from hllm_jax.models.baselines import HSTUConfig, SASRecConfig
 from hllm_jax.models.llama import LlamaConfig
 
 
@@ -75,6 +83,31 @@ def hllm_train_flops(item: LlamaConfig, user: LlamaConfig, *, item_lengths, batc
     """Model FLOPs of one fused training step (see ``hllm_flops``)."""
     return hllm_flops(item, user, item_lengths=item_lengths, batch=batch, seq_len=seq_len,
                       num_negatives=num_negatives, proj=proj)
+
+
+def baseline_flops(cfg, *, unique_items: int, batch: int, seq_len: int, num_negatives: int,
+                   train: bool = True, attention: str = "model") -> float:
+    """FLOPs of one SASRec/HSTU step (``hllm_jax.models.baselines`` configs): ``unique_items``
+    looked up (HSTU projects them), a user model over ``batch`` x ``seq_len``, InfoNCE with each
+    position scored against ``num_negatives``. train / attention as ``hllm_flops`` (``computed``:
+    ``S * S`` key visits per sequence, what the dense kernel does)."""
+    d = cfg.hidden
+    if isinstance(cfg, SASRecConfig):
+        per_token = 2 * (4 * d * d + 2 * d * cfg.inner_mult * d)
+        lookup = 0.0
+    elif isinstance(cfg, HSTUConfig):
+        per_token = 2 * (4 * d * d + d * d)
+        lookup = 2.0 * unique_items * cfg.item_width * d if cfg.item_width != d else 0.0
+    else:
+        raise TypeError(f"baseline_flops: {type(cfg).__name__} is not an ID baseline config")
+    visits = {"model": seq_len * seq_len / 2.0, "computed": float(seq_len * seq_len)}
+    if attention not in visits:
+        raise ValueError(f"attention={attention!r}: 'model' or 'computed'")
+    positions = batch * seq_len
+    fwd = lookup + cfg.layers * (positions * per_token + 4 * d * batch * visits[attention])
+    fwd += 2 * positions * num_negatives * d          # logits
+    mask = 2 * positions * num_negatives * d          # same-item mask (no gradient)
+    return (3.0 * fwd if train else fwd) + mask
 
 
 def batch_item_lengths(segments: np.ndarray) -> np.ndarray:

@@ -93,3 +93,27 @@ def test_model_flops_count_causal_segments_not_padding():
     assert b - a == pytest.approx(3 * flops.attention_flops(cfg.item, (400 - 200) / 2))
     assert flops.hllm_train_flops(cfg.item, cfg.user, item_lengths=[20], batch=1, seq_len=2, num_negatives=4) == b
     assert per_tok > 0
+
+
+@pytest.mark.parametrize("name,options", [("sasrec", {}), ("sasrec", {"inner_mult": 2, "negatives_per_position": 3}),
+                                          ("hstu", {}), ("hstu", {"item_hidden": 48, "negatives_per_position": 2})])
+def test_baseline_flop_formula_equals_counted_matmuls(name, options):
+    """SASRec/HSTU: forward and forward+backward dot_general FLOPs of the real loss equal
+    ``baseline_flops(attention="computed")``, shared and per-position negatives, HSTU's projection."""
+    from hllm_jax.models import baselines as bl
+
+    cfg = bl.config_from({"name": name, "hidden": 32, "layers": 2, "heads": 2, "id_options": options},
+                         num_items=60, max_seq_len=5)
+    graphdef, params, _ = bl.init_baseline(cfg)
+    B, S, U = 4, 5, 64
+    k = cfg.negatives_per_position
+    m = B * S * k if k else 24
+    batch = jax.tree.map(np.asarray, random_train_batch(0, num_items=60, vocab=50, batch=B, seq_len=S, num_negatives=m,
+                                                        max_text_len=2, row_len=16, num_rows=12, item_capacity=U))
+    kw = dict(unique_items=U, batch=B, seq_len=S, num_negatives=k or m, attention="computed")
+    fwd = flops.count_matmul_flops(lambda p: loss_fn(graphdef, p, batch)[0], params)
+    assert fwd == pytest.approx(flops.baseline_flops(cfg, train=False, **kw), rel=1e-9)
+    train = flops.count_matmul_flops(jax.grad(lambda p: loss_fn(graphdef, p, batch)[0]), params)
+    assert train == pytest.approx(flops.baseline_flops(cfg, train=True, **kw), rel=1e-9)
+    model = flops.baseline_flops(cfg, unique_items=U, batch=B, seq_len=S, num_negatives=k or m)
+    assert 0 < model < train  # causal model FLOPs: half the dense kernel's attention

@@ -164,3 +164,6 @@ def test_id_baselines_train_and_evaluate(tmp_path, name):
     out = train_and_evaluate(c, tmp_path / "w")
     assert out["status"] == "completed" and out["test"]["users"] == 99 + 1
     assert out["evals"][0]["valid/recall@200"] > 0
+    train = [json.loads(l) for l in (tmp_path / "w" / "log.jsonl").read_text().splitlines()]
+    train = [l for l in train if l["kind"] == "train"]
+    assert len(train) == 2 and all(l["tflops_per_device"] > 0 for l in train)  # analytic baseline FLOPs

@@ -154,16 +154,19 @@ class Run:
 def _step_flops(run: Run, batch_local, n_proc: int) -> tuple[float, int]:
     """(global model FLOPs, global item tokens) of a step, from this process's shard.
 
-    The ID baselines have no analytic formula yet: their FLOPs are reported as 0.
+    Shared negatives: every user is scored against all M, so M is not divided by the processes.
     """
     lengths = flops_lib.batch_item_lengths(batch_local.items.segments)
     cfg = run.model_cfg
     b = run.batch_cfg
-    f = 0.0
+    local_batch = b.batch_size // n_proc
     if isinstance(cfg, HLLMConfig):
-        f = flops_lib.hllm_train_flops(cfg.item, cfg.user, item_lengths=lengths, batch=b.batch_size // n_proc,
-                                       seq_len=b.max_seq_len, num_negatives=b.num_negatives,  # shared: every user sees all M
-                                       proj=cfg.item_proj)
+        f = flops_lib.hllm_train_flops(cfg.item, cfg.user, item_lengths=lengths, batch=local_batch,
+                                       seq_len=b.max_seq_len, num_negatives=b.num_negatives, proj=cfg.item_proj)
+    else:
+        per_position = getattr(cfg, "negatives_per_position", 0)
+        f = flops_lib.baseline_flops(cfg, unique_items=len(lengths), batch=local_batch, seq_len=b.max_seq_len,
+                                     num_negatives=per_position or b.num_negatives)
     return f * n_proc, int(lengths.sum()) * n_proc
 
 
