@@ -11,6 +11,9 @@ Measured (seed 0, 2 shared CPU cores): 60.7 min for 6 epochs (9,048 steps, ~10 m
 epoch 6 (valid N@200 11.11); test R@10 8.87, R@50 20.50, R@200 35.38, N@10 4.79, N@200 9.54 (x100).
 Seed 1 (alone on the machine): 37.6 min; best epoch 6 (valid N@200 11.27); test R@10 8.89, R@50 20.43,
 R@200 35.36, N@10 4.76, N@200 9.51.
+The public HLLM's own loop on this config (``../shared/reference-harness/run_beauty.py --model hllm
+--epochs 6 --seed 2020 --threads 2 --skip_lm_head``, alone on the machine): 33.0 min; best epoch 6
+(valid N@200 11.21); test R@10 8.76, R@50 20.43, R@200 35.33, N@10 4.71, N@200 9.47.
 
 Command (results and wall time in the README table):
   python -m experiments.train --config experiments/configs/hllm_beauty_ref.py --workdir W
