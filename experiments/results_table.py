@@ -16,7 +16,7 @@ def load(workdir):
 
 
 def main(argv):
-    runs = [a.split("=", 1) for a in argv]
+    runs = [a.rsplit("=", 1) for a in argv]  # the name may hold "=" (e.g. a config argument)
     print("| run | " + " | ".join(k.replace("recall", "R").replace("ndcg", "N") for k in KEYS)
           + " | best epoch | epochs run | wall (min) |")
     print("|---" * (len(KEYS) + 4) + "|")

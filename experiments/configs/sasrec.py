@@ -11,6 +11,8 @@ Measured on Amazon Beauty (dataset=beauty, 2 CPU cores): early-stopped after 10 
 3.1 min; test R@10 8.08, R@50 16.08, R@200 26.20, N@10 4.79, N@200 8.05 (x100).
 Amazon Scientific (dataset=scientific): early-stopped after 10 epochs (best 5), 0.9 min; test
 R@10 9.92, R@50 17.54, R@200 30.91, N@10 7.14, N@200 10.78.
+MovieLens (dataset=movielens): early-stopped after 23 epochs (best 18), 1.3 min; test R@10 10.16,
+R@50 23.77, R@200 44.26, N@10 5.74, N@200 11.69.
 """
 
 from experiments.configs.common import base_config, parse_arg, set_dataset
