@@ -20,7 +20,7 @@ Command (results and wall time in the README table):
   python -m experiments.train --config experiments/configs/hllm_beauty_ref.py:seed=1 --workdir W2
 """
 
-from experiments.configs.common import base_config, parse_arg
+from experiments.configs.common import DATASETS, base_config, parse_arg
 
 
 def get_config(arg=None):
@@ -39,4 +39,13 @@ def get_config(arg=None):
     c.eval.every_steps = 0  # every epoch
     c.log_every = 200
     c.checkpoint.every_steps = 300  # resumable in chunks
+    return c
+
+
+def on_dataset(name: str, seed: int, max_text_len: int):
+    """This config with another shared dataset's text, tokenizer and text length (rows fit 4 items)."""
+    c = get_config(f"seed={seed}")
+    c.data.dir, c.data.text_keys, c.data.tokenizer = DATASETS[name]
+    c.data.max_text_len = max_text_len
+    c.batch.row_len = 4 * (max_text_len + 1)  # room for whole items, packed several per row
     return c

@@ -14,13 +14,9 @@ Measured (2 CPU cores, alone): 6 epochs = 3,294 steps, 11.5 min (median 0.21 s/s
 """
 
 from experiments.configs import hllm_beauty_ref
-from experiments.configs.common import DATASETS, parse_arg
+from experiments.configs.common import parse_arg
 
 
 def get_config(arg=None):
     a = parse_arg(arg, seed=0, max_text_len=32)
-    c = hllm_beauty_ref.get_config(f"seed={a.seed}")
-    c.data.dir, c.data.text_keys, c.data.tokenizer = DATASETS["movielens"]
-    c.data.max_text_len = a.max_text_len
-    c.batch.row_len = 4 * (a.max_text_len + 1)  # room for whole items, packed several per row
-    return c
+    return hllm_beauty_ref.on_dataset("movielens", a.seed, a.max_text_len)

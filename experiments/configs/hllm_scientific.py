@@ -12,13 +12,9 @@ best epoch 6 (valid N@200 13.62); test R@10 10.98, R@50 21.70, R@200 38.21, N@10
 """
 
 from experiments.configs import hllm_beauty_ref
-from experiments.configs.common import DATASETS, parse_arg
+from experiments.configs.common import parse_arg
 
 
 def get_config(arg=None):
     a = parse_arg(arg, seed=0, max_text_len=64)
-    c = hllm_beauty_ref.get_config(f"seed={a.seed}")
-    c.data.dir, c.data.text_keys, c.data.tokenizer = DATASETS["scientific"]
-    c.data.max_text_len = a.max_text_len
-    c.batch.row_len = 4 * (a.max_text_len + 1)  # room for whole items, packed several per row
-    return c
+    return hllm_beauty_ref.on_dataset("scientific", a.seed, a.max_text_len)
