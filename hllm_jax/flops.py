@@ -73,8 +73,14 @@ def hllm_flops(item: LlamaConfig, user: LlamaConfig, *, item_lengths, batch: int
     if proj:
         fwd += 2 * len(lengths) * item.hidden * user.hidden
     fwd += positions * matmul_flops_per_token(user) + attention_flops(user, user_visits)
-    fwd += 2 * positions * num_negatives * user.hidden        # logits
-    mask = 2 * positions * num_negatives * user.hidden        # same-item mask (no gradient)
+    return _with_info_nce(fwd, positions, num_negatives, user.hidden, train)
+
+
+def _with_info_nce(fwd: float, positions: int, num_negatives: int, width: int, train: bool) -> float:
+    """Step FLOPs from the model's forward ``fwd``: plus the InfoNCE logits (with gradient) and
+    the same-item mask (no gradient, counted once); x3 for training."""
+    fwd += 2 * positions * num_negatives * width          # logits
+    mask = 2 * positions * num_negatives * width          # same-item mask
     return (3.0 * fwd if train else fwd) + mask
 
 
@@ -105,9 +111,7 @@ def baseline_flops(cfg, *, unique_items: int, batch: int, seq_len: int, num_nega
         raise ValueError(f"attention={attention!r}: 'model' or 'computed'")
     positions = batch * seq_len
     fwd = lookup + cfg.layers * (positions * per_token + 4 * d * batch * visits[attention])
-    fwd += 2 * positions * num_negatives * d          # logits
-    mask = 2 * positions * num_negatives * d          # same-item mask (no gradient)
-    return (3.0 * fwd if train else fwd) + mask
+    return _with_info_nce(fwd, positions, num_negatives, d, train)
 
 
 def batch_item_lengths(segments: np.ndarray) -> np.ndarray:

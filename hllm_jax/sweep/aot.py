@@ -102,7 +102,7 @@ def compile_point(run_config, topology: Topology, per_device_batch: int, *, rema
     model_cfg = setup.model_config(cfg, vocab, 2)
     item_len = int(cfg.data.max_text_len) + model_cfg.item_emb_token_n
     mesh = sharding.make_mesh(tuple(mesh_shape), devices(topology))
-    rules = [tuple(r) for r in cfg.logical_axis_rules] if cfg.get("logical_axis_rules") else sharding.DEFAULT_RULES
+    rules = setup.axis_rules(cfg)
     shards = sharding.batch_shards(mesh, rules)
     shapes = batch_shapes(per_device_batch=per_device_batch, shards=shards, seq_len=int(cfg.data.max_seq_len),
                           negatives_per_device=negatives_per_device, item_len=item_len, row_len=row_len)

@@ -19,13 +19,12 @@ def scaling_plot(rows: list[dict], fits: dict, metrics, xs, path) -> None:
     for i, m in enumerate(metrics):
         for j, xk in enumerate(xs):
             ax = axes[i][j]
-            pts = [(r[xk], r[m]) for r in rows if r.get(xk) and r.get(m) is not None]
-            if pts:
-                x, y = map(np.asarray, zip(*pts))
+            shown = [r for r in rows if r.get(xk) and r.get(m) is not None]
+            if shown:
+                x, y = (np.asarray([r[k] for r in shown]) for k in (xk, m))
                 ax.scatter(x, y, color="C0", zorder=3)
-                for r in rows:
-                    if r.get(xk) and r.get(m) is not None:
-                        ax.annotate(r["point"], (r[xk], r[m]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+                for r in shown:
+                    ax.annotate(r["point"], (r[xk], r[m]), fontsize=7, xytext=(3, 3), textcoords="offset points")
                 f = fits.get(f"{m}~{xk}")
                 if f:
                     grid = np.geomspace(x.min(), x.max(), 50)

@@ -84,8 +84,7 @@ class Run:
         n_tok = self.model_cfg.item_emb_token_n if isinstance(self.model_cfg, HLLMConfig) else 0  # ID: no slot
         n_dev = int(config.get("mesh_devices") or 0)
         self.mesh = sharding.make_mesh(tuple(config.mesh_shape), jax.devices()[:n_dev] if n_dev else None)
-        self.rules = [tuple(r) for r in config.logical_axis_rules] if config.get("logical_axis_rules") \
-            else sharding.DEFAULT_RULES
+        self.rules = setup.axis_rules(config)
         self.batch_cfg = setup.batch_config(config, n_tok, self.data.catalogue.max_text_len)
         # Static capacities (rows, unique items): from the config, else measured over the first
         # ``batch.capacity_probe_steps`` steps plus a margin (a later overflow is an error naming the
@@ -164,9 +163,8 @@ def _step_flops(run: Run, batch_local, n_proc: int) -> tuple[float, int]:
         f = flops_lib.hllm_train_flops(cfg.item, cfg.user, item_lengths=lengths, batch=local_batch,
                                        seq_len=b.max_seq_len, num_negatives=b.num_negatives, proj=cfg.item_proj)
     else:
-        per_position = getattr(cfg, "negatives_per_position", 0)
         f = flops_lib.baseline_flops(cfg, unique_items=len(lengths), batch=local_batch, seq_len=b.max_seq_len,
-                                     num_negatives=per_position or b.num_negatives)
+                                     num_negatives=cfg.negatives_per_position or b.num_negatives)
     return f * n_proc, int(lengths.sum()) * n_proc
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hllm_jax import sizes
+from hllm_jax import sharding, sizes
 from hllm_jax.data import synthetic, tables, text
 from hllm_jax.data.batches import BatchBuilder, BatchConfig
 from hllm_jax.models.hllm import HLLMConfig
@@ -98,6 +98,12 @@ def model_config(config, vocab: int, num_items: int):
         from hllm_jax.models import baselines
         return baselines.config_from(m, num_items=num_items, max_seq_len=int(config.data.max_seq_len))
     raise ValueError(f"model.name={m.name!r}: choose 'hllm', 'sasrec' or 'hstu'")
+
+
+def axis_rules(config):
+    """The logical-axis -> mesh-axis rules of a run config (``logical_axis_rules``, else the defaults)."""
+    rules = config.get("logical_axis_rules")
+    return [tuple(r) for r in rules] if rules else sharding.DEFAULT_RULES
 
 
 def batch_config(config, item_emb_token_n: int, max_text_len: int) -> BatchConfig:
