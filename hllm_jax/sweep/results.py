@@ -15,6 +15,7 @@ class Results:
     def __init__(self, workdir):
         self.path = Path(workdir) / "results.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._latest: dict[str, dict] | None = None  # read once, then kept current by ``append``
 
     def rows(self) -> list[dict]:
         if not self.path.exists():
@@ -31,10 +32,11 @@ class Results:
 
     def latest(self) -> dict[str, dict]:
         """The newest row of every key."""
-        out: dict[str, dict] = {}
-        for r in self.rows():
-            out[r["key"]] = r
-        return out
+        if self._latest is None:
+            self._latest = {}
+            for r in self.rows():
+                self._latest[r["key"]] = r
+        return self._latest
 
     def done(self, key: str, fingerprint: str, statuses=("ok",)) -> dict | None:
         """The newest row of ``key`` if it has this fingerprint and a final status (an AOT
@@ -47,6 +49,8 @@ class Results:
     def append(self, row: dict) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(row, default=float) + "\n")
+        if self._latest is not None:
+            self._latest[row["key"]] = row
 
 
 def write_csv(rows: Iterable[dict], path) -> None:

@@ -20,6 +20,7 @@ from hllm_jax.sweep import points as points_lib
 from hllm_jax.sweep.fit import power_law
 from hllm_jax.sweep.plot import scaling_plot
 from hllm_jax.sweep.results import Results, write_csv
+from hllm_jax.sweep.topologies import GiB
 
 TRAIN_COLUMNS = ("point", "params", "total_params", "steps", "item_tokens", "train_flops", "wall_seconds",
                  "final_loss", "valid/ndcg@200", "test/recall@10", "test/recall@200", "test/ndcg@10",
@@ -37,6 +38,12 @@ def point_run_config(c, point: points_lib.Point):
     rc = c.run.copy_and_resolve_references()
     rc.model.item_size, rc.model.user_size = point.item, point.user
     return rc
+
+
+def _row_head(key: str, kind: str, point: points_lib.Point, fingerprint: str) -> dict:
+    """The columns every results row starts with."""
+    return dict(key=key, kind=kind, point=point.name, item_size=point.item, user_size=point.user,
+                fingerprint=fingerprint, time=time.strftime("%Y-%m-%d %H:%M:%S"))
 
 
 def _param_columns(counts: dict) -> dict:
@@ -83,8 +90,7 @@ def run_train_sweep(c, workdir: Path, results: Results, rerun: set[str]) -> tupl
             bar.write(f"{point.name}: done earlier (results.jsonl), skipped; --config.points={point.name} reruns it")
             rows.append(done)
             continue
-        base = dict(key=point.name, kind="train", point=point.name, item_size=point.item, user_size=point.user,
-                    fingerprint=fp, time=time.strftime("%Y-%m-%d %H:%M:%S"))
+        base = _row_head(point.name, "train", point, fp)
         try:
             row = dict(base, status="ok", **train_point(rc, point, workdir, fp, fresh=point.name in rerun))
         except KeyboardInterrupt:
@@ -143,8 +149,7 @@ def run_aot_sweep(c, workdir: Path, results: Results, rerun: set[str]) -> tuple[
                 row = results.done(key, fp, ("ok", "oom")) if point.name not in rerun else None
                 if row is None:
                     bar.write(f"{point.name} on {topo.jax_name}: compiling, per-device batch {b}, remat {remat}")
-                    row = dict(key=key, kind="aot", point=point.name, item_size=point.item, user_size=point.user,
-                               fingerprint=fp, time=time.strftime("%Y-%m-%d %H:%M:%S"),
+                    row = dict(_row_head(key, "aot", point, fp),
                                **aot.compile_point(rc, topo, b, remat=remat, vocab=vocab,
                                                    negatives_per_device=int(a.negatives_per_device),
                                                    row_len=int(a.row_len), mesh_shape=tuple(a.mesh_shape)))
@@ -168,7 +173,7 @@ def run_aot_sweep(c, workdir: Path, results: Results, rerun: set[str]) -> tuple[
 
 
 def _gib(x) -> str:
-    return f"{x / 2 ** 30:.2f} GiB" if x else "?"
+    return f"{x / GiB:.2f} GiB" if x else "?"
 
 
 # -- reporting --------------------------------------------------------------------------------
@@ -191,8 +196,8 @@ def table(rows: list[dict], columns) -> str:
 
 
 def _aot_view(r: dict) -> dict:
-    return dict(r, peak_gib=(r.get("peak_bytes") or 0) / 2 ** 30 if r.get("peak_bytes") else None,
-                hbm_gib=r["hbm_per_chip"] / 2 ** 30, model_tflops_per_chip=r["model_flops_per_chip"] / 1e12,
+    return dict(r, peak_gib=r["peak_bytes"] / GiB if r.get("peak_bytes") else None,
+                hbm_gib=r["hbm_per_chip"] / GiB, model_tflops_per_chip=r["model_flops_per_chip"] / 1e12,
                 per_device_batch=r.get("largest_fitting_batch", r["per_device_batch"]))
 
 

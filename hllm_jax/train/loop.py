@@ -247,15 +247,15 @@ def _train(run: Run, config, workdir: Path, jsonl, tb, stop, t_start) -> dict:
             raise NonFiniteLoss(f"loss is {float(m['loss'])} at step {step} (0-based); training stopped; the "
                                 f"state before this step is saved at {run.ckpt.directory}/{step}")
         step += 1
+        loss = float(m["loss"])
         window["flops"] += f
         window["tokens"] += toks
         window["steps"] += 1
-        window["loss"] += float(m["loss"])
+        window["loss"] += loss
         totals["train_flops"] += f
         totals["item_tokens"] += toks
         bar.update(1)
         if step % log_every == 0 or step == run.total_steps:
-            loss = float(m["loss"])
             dt = (time.time() - window["t"]) / window["steps"]
             last_window_loss = window["loss"] / window["steps"]
             rec = dict(step=step, loss=loss, mean_loss=last_window_loss, seconds_per_step=dt,
